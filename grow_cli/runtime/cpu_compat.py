@@ -1,0 +1,74 @@
+"""CPU compatibility for megatron-core: the ONLY place grow bends megatron to run without CUDA.
+
+megatron-core supports no CPU path, yet CPU + gloo + fp32 is our test bench and demo. Without
+CUDA, `activate()` makes the few CUDA-only calls megatron makes land on the CPU:
+
+* a `TorchFunctionMode` rewrites `device="cuda"` / integer devices / `Tensor.cuda()` to CPU
+  (default causal mask, pipeline token counters, DDP buffers, optimizer overflow flags, rotary);
+* `torch.cuda.current_device()` answers `"cpu"`, `synchronize`/`empty_cache` become no-ops;
+* the CUDA RNG tracker stores CPU generator states, so `model_parallel_cuda_manual_seed`,
+  `fork()` and checkpointed RNG states work.
+
+With CUDA present `activate()` does nothing, so the production path is plain megatron-core.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+_active = False
+
+
+def _to_cpu_device(device):
+    if isinstance(device, int) or (isinstance(device, str) and device.startswith("cuda")):
+        return torch.device("cpu")
+    if isinstance(device, torch.device) and device.type == "cuda":
+        return torch.device("cpu")
+    return device
+
+
+class _CudaToCpu(TorchFunctionMode):
+    """Rewrites every CUDA device argument to the CPU."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is torch.Tensor.cuda:
+            return args[0]
+        if "device" in kwargs:
+            kwargs["device"] = _to_cpu_device(kwargs["device"])
+        if func is torch.Tensor.to and len(args) > 1 and not isinstance(args[1], (torch.dtype, torch.Tensor)):
+            args = (args[0], _to_cpu_device(args[1]), *args[2:])
+        return func(*args, **kwargs)
+
+
+def _cpu_rng_state(*_args, **_kwargs) -> torch.Tensor:
+    return torch.get_rng_state()
+
+
+def _set_cpu_rng_state(state, *_args, **_kwargs) -> None:
+    torch.set_rng_state(state)
+
+
+def activate() -> bool:
+    """Install the CPU shims when CUDA is absent; returns whether they are active."""
+    global _active
+    if _active or torch.cuda.is_available():
+        return _active
+    from megatron.core.tensor_parallel import random as mp_random
+
+    torch.cuda.current_device = lambda: "cpu"
+    torch.cuda.synchronize = lambda *a, **k: None
+    torch.cuda.empty_cache = lambda: None
+    torch.cuda.get_rng_state = _cpu_rng_state
+    torch.cuda.set_rng_state = _set_cpu_rng_state
+    torch.cuda.manual_seed = torch.manual_seed
+    mp_random._get_cuda_rng_state = _cpu_rng_state
+    mp_random._set_cuda_rng_state = _set_cpu_rng_state
+    _CudaToCpu().__enter__()  # process-wide: stays on for the life of the process
+    _active = True
+    return True
+
+
+def is_active() -> bool:
+    return _active

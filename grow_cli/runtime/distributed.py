@@ -1,0 +1,101 @@
+"""Process groups and model-parallel state, the same way on a GPU cluster and on a laptop.
+
+Under torchrun (or srun + torchrun) the rendezvous comes from the environment; a plain
+`grow ...` call runs as a world of one. CUDA gets NCCL and one device per local rank; without
+CUDA the CPU compatibility layer is switched on and gloo carries the collectives.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+
+from grow_cli.errors import GrowError
+from grow_cli.runtime.model import ParallelLayout
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What this process is: its rank, the world, the device and the layout it runs."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    layout: ParallelLayout
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234, sequence_parallel: bool = False) -> Runtime:
+    """Initialise torch.distributed and megatron's parallel state for TP x PP x DP.
+
+    Idempotent: a second call with the same layout returns the current runtime, with a
+    different layout it rebuilds the model-parallel groups (used by tests and `eval`).
+    """
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+    from grow_cli.runtime import cpu_compat
+
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        cpu_compat.activate()
+    if not torch.distributed.is_initialized():
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        if "MASTER_ADDR" not in os.environ:
+            os.environ["MASTER_ADDR"] = "127.0.0.1"
+            os.environ["MASTER_PORT"] = str(_free_port())
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group(
+            backend="nccl" if cuda else "gloo",
+            world_size=world,
+            rank=rank,
+            timeout=datetime.timedelta(minutes=30),
+        )
+    world = torch.distributed.get_world_size()
+    if world % (tp * pp):
+        raise GrowError(
+            f"world size {world} is not divisible by TP x PP = {tp} x {pp}; "
+            f"launch a multiple of {tp * pp} processes or change --tp/--pp"
+        )
+    if parallel_state.model_parallel_is_initialized():
+        same = (
+            parallel_state.get_tensor_model_parallel_world_size() == tp
+            and parallel_state.get_pipeline_model_parallel_world_size() == pp
+        )
+        if not same:
+            parallel_state.destroy_model_parallel()
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(
+            tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp
+        )
+    model_parallel_cuda_manual_seed(seed)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    layout = ParallelLayout(tp=tp, pp=pp, dp=world // (tp * pp), sequence_parallel=sequence_parallel)
+    return Runtime(torch.distributed.get_rank(), world, local_rank, device, layout)
+
+
+def shutdown() -> None:
+    """Tear down model-parallel state and the process group (end of a command)."""
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -1,0 +1,151 @@
+"""Build megatron-core's GPTModel from a `ModelShape`.
+
+The architecture is Llama's: RMSNorm, SwiGLU, rotary embeddings, no biases, GQA, untied
+embeddings unless the shape says tied. `attention` picks the core attention: "sdpa" (default,
+flash/cuDNN on GPU), "te" (Transformer Engine's layer spec, when installed) or "local"
+(megatron's reference implementation, which materialises the [s, s] scores).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from grow_cli.errors import GrowError
+from grow_cli.shape import ModelShape
+
+ATTENTION_BACKENDS = ("sdpa", "te", "local")
+
+
+@dataclass(frozen=True)
+class ParallelLayout:
+    """How a model is split: tensor, pipeline and data parallel degrees."""
+
+    tp: int = 1
+    pp: int = 1
+    dp: int = 1
+    sequence_parallel: bool = False
+
+    @property
+    def world_size(self) -> int:
+        return self.tp * self.pp * self.dp
+
+
+def have_transformer_engine() -> bool:
+    try:
+        import transformer_engine  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def transformer_config(
+    shape: ModelShape,
+    layout: ParallelLayout,
+    *,
+    dtype: torch.dtype = torch.float32,
+    recompute: str | None = None,
+):
+    """The TransformerConfig of `shape` at `layout`; fusions that need apex/TE stay off on CPU."""
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    on_gpu = torch.cuda.is_available()
+    return TransformerConfig(
+        num_layers=shape.layers,
+        hidden_size=shape.hidden,
+        ffn_hidden_size=shape.ffn,
+        num_attention_heads=shape.heads,
+        num_query_groups=shape.kv_groups,
+        kv_channels=shape.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=shape.norm_eps,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        tensor_model_parallel_size=layout.tp,
+        pipeline_model_parallel_size=layout.pp,
+        sequence_parallel=layout.sequence_parallel and layout.tp > 1,
+        params_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        pipeline_dtype=dtype,
+        use_cpu_initialization=not on_gpu,
+        perform_initialization=True,
+        init_method_std=0.02,
+        bias_activation_fusion=on_gpu,
+        masked_softmax_fusion=False,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        cross_entropy_loss_fusion=False,
+        persist_layer_norm=False,
+        calculate_per_token_loss=True,
+        recompute_granularity=recompute,
+        recompute_modules=["core_attn"] if recompute == "selective" else None,
+        deallocate_pipeline_outputs=True,
+    )
+
+
+def layer_spec(attention: str = "sdpa"):
+    """megatron-core's transformer layer spec with the chosen core attention."""
+    from megatron.core.models.gpt.gpt_layer_specs import (
+        get_gpt_layer_local_spec,
+        get_gpt_layer_with_transformer_engine_spec,
+    )
+
+    if attention not in ATTENTION_BACKENDS:
+        raise GrowError(f"unknown attention backend {attention!r}; choose one of {ATTENTION_BACKENDS}")
+    if attention == "te":
+        if not have_transformer_engine():
+            raise GrowError("--attention te needs Transformer Engine; install it or use --attention sdpa")
+        return get_gpt_layer_with_transformer_engine_spec()
+    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    if attention == "sdpa":
+        from grow_cli.runtime.attention import SDPAAttention
+
+        spec.submodules.self_attention.submodules.core_attention = SDPAAttention
+    return spec
+
+
+def build_gpt_model(
+    shape: ModelShape,
+    layout: ParallelLayout,
+    *,
+    dtype: torch.dtype = torch.float32,
+    attention: str = "sdpa",
+    recompute: str | None = None,
+    pre_process: bool | None = None,
+    post_process: bool | None = None,
+):
+    """Instantiate this rank's GPTModel piece (model parallel state must be initialised).
+
+    Vocabulary is padded to a multiple of 128 x TP, as Megatron-LM does, so checkpoints of the
+    same shape line up whatever the TP; `pre_process`/`post_process` default to this rank's
+    pipeline stage.
+    """
+    from megatron.core import parallel_state
+    from megatron.core.models.gpt.gpt_model import GPTModel
+
+    shape.check_layout(layout.tp, layout.pp)
+    config = transformer_config(shape, layout, dtype=dtype, recompute=recompute)
+    if pre_process is None:
+        pre_process = parallel_state.is_pipeline_first_stage()
+    if post_process is None:
+        post_process = parallel_state.is_pipeline_last_stage()
+    model = GPTModel(
+        config=config,
+        transformer_layer_spec=layer_spec(attention),
+        vocab_size=shape.padded_vocab(layout.tp),
+        max_sequence_length=shape.seq_len,
+        pre_process=pre_process,
+        post_process=post_process,
+        share_embeddings_and_output_weights=shape.tied_embeddings,
+        position_embedding_type="rope",
+        rotary_base=int(shape.rope_theta),
+    )
+    if torch.cuda.is_available():
+        model.cuda(torch.cuda.current_device())
+    return model

@@ -1,0 +1,242 @@
+"""The one definition of a model shape.
+
+Plan, pretrain, expand, eval and export all read a `ModelShape`: its fields are the Llama-style
+architecture (RMSNorm, SwiGLU, rotary embeddings, no biases, GQA) and its methods give exact
+parameter counts and the tensor-parallel feasibility rules Megatron enforces. Nothing here
+imports torch, so the planner stays instant.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+
+from grow_cli.errors import GrowError
+from grow_cli.units import format_count, parse_count, size_name
+
+GPT2_VOCAB = 50257
+DEFAULT_SEQ_LEN = 1024
+# Megatron pads the vocabulary to a multiple of this times the tensor-parallel size.
+VOCAB_PAD_MULTIPLE = 128
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    """Exact parameter counts; `embedding` includes the output layer when it is untied."""
+
+    total: int
+    nonembedding: int
+    embedding: int
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """A Llama-style decoder: hidden size, FFN size, depth, heads, KV groups and head dim.
+
+    `heads * head_dim` need not equal `hidden` (Megatron's `kv_channels`), but all shapes grow
+    with `head_dim` fixed, so heads grow as whole heads.
+    """
+
+    hidden: int
+    ffn: int
+    layers: int
+    heads: int
+    kv_groups: int
+    head_dim: int
+    vocab: int = GPT2_VOCAB
+    seq_len: int = DEFAULT_SEQ_LEN
+    tied_embeddings: bool = False
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "ffn", "layers", "heads", "kv_groups", "head_dim", "vocab", "seq_len"):
+            if getattr(self, name) <= 0:
+                raise GrowError(f"shape field {name} must be positive, got {getattr(self, name)}")
+        if self.heads % self.kv_groups:
+            raise GrowError(
+                f"{self.heads} heads cannot be split into {self.kv_groups} KV groups: "
+                "heads must be a multiple of kv_groups"
+            )
+
+    # ---- counts -------------------------------------------------------------------------
+    def layer_params(self) -> int:
+        """One transformer layer: q, k, v, o projections, gate/up/down MLP, two RMSNorm gains."""
+        h, q, kv = self.hidden, self.heads * self.head_dim, self.kv_groups * self.head_dim
+        attention = h * q + 2 * h * kv + q * h
+        mlp = 3 * h * self.ffn
+        return attention + mlp + 2 * h
+
+    def param_counts(self, vocab: int | None = None) -> ParamCounts:
+        """Counts with the given vocabulary size (the TP-padded one to match a built model)."""
+        v = self.vocab if vocab is None else vocab
+        nonembedding = self.layers * self.layer_params() + self.hidden  # + final norm
+        embedding = v * self.hidden * (1 if self.tied_embeddings else 2)
+        return ParamCounts(total=nonembedding + embedding, nonembedding=nonembedding, embedding=embedding)
+
+    def padded_vocab(self, tp: int = 1) -> int:
+        """The vocabulary size Megatron allocates at tensor-parallel degree `tp`."""
+        multiple = VOCAB_PAD_MULTIPLE * tp
+        return int(math.ceil(self.vocab / multiple) * multiple)
+
+    # ---- parallel layout ----------------------------------------------------------------
+    def layout_problems(self, tp: int = 1, pp: int = 1) -> list[str]:
+        """Why this shape cannot run at TP=tp, PP=pp (empty when it can)."""
+        problems = []
+        if self.heads % tp:
+            problems.append(f"{self.heads} heads are not divisible by TP={tp}")
+        if self.kv_groups % tp and tp % self.kv_groups:
+            problems.append(f"{self.kv_groups} KV groups and TP={tp} do not divide one another")
+        if self.ffn % tp:
+            problems.append(f"FFN {self.ffn} is not divisible by TP={tp}")
+        if self.layers % pp:
+            problems.append(f"{self.layers} layers are not divisible by PP={pp}")
+        return problems
+
+    def feasible_tp(self, limit: int = 64) -> list[int]:
+        """All tensor-parallel degrees up to `limit` this shape supports."""
+        return [t for t in range(1, limit + 1) if not self.layout_problems(tp=t)]
+
+    def check_layout(self, tp: int = 1, pp: int = 1, name: str = "this shape") -> None:
+        """Raise a GrowError explaining why the layout is infeasible and what would fit."""
+        problems = self.layout_problems(tp, pp)
+        if not problems:
+            return
+        tps = ", ".join(str(t) for t in self.feasible_tp(limit=max(8, tp)))
+        message = f"{name} cannot run at TP={tp} PP={pp}: {'; '.join(problems)}. Feasible TP: {tps}"
+        if any("TP" in p for p in problems):
+            near = nearest_shape_for_tp(self, tp)
+            message += f". A nearby shape that fits TP={tp}: {near.describe()}"
+        raise GrowError(message)
+
+    # ---- presentation -------------------------------------------------------------------
+    def describe(self) -> str:
+        kv = "" if self.kv_groups == self.heads else f"/{self.kv_groups}kv"
+        n = self.param_counts().nonembedding
+        return (
+            f"h={self.hidden} ffn={self.ffn} L={self.layers} heads={self.heads}{kv} d={self.head_dim} "
+            f"({format_count(n)} non-embedding)"
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelShape":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise GrowError(f"unknown shape fields {sorted(unknown)}; expected {sorted(known)}")
+        return cls(**data)
+
+    def with_(self, **changes) -> "ModelShape":
+        return replace(self, **changes)
+
+
+# The reference series (spec §1): multi-head attention, head dim 128, GPT-2 vocabulary.
+PRESETS: dict[str, ModelShape] = {
+    "1B": ModelShape(hidden=2048, ffn=7168, layers=18, heads=16, kv_groups=16, head_dim=128),
+    "2B": ModelShape(hidden=2560, ffn=8960, layers=22, heads=20, kv_groups=20, head_dim=128),
+    "4B": ModelShape(hidden=3200, ffn=11200, layers=27, heads=25, kv_groups=25, head_dim=128),
+    "8B": ModelShape(hidden=4096, ffn=14336, layers=33, heads=32, kv_groups=32, head_dim=128),
+}
+
+FFN_RATIO = 3.5  # the presets' FFN / hidden
+
+
+def _head_dim_for(hidden: float) -> int:
+    """Head dim 128 at scale, smaller for tiny models so they still have several heads."""
+    if hidden >= 1536:
+        return 128
+    if hidden >= 512:
+        return 64
+    if hidden >= 128:
+        return 32
+    return 16
+
+
+def _aspect_for(n: float) -> float:
+    """Hidden/layers ratio: ~114-124 for the presets (1B-8B), Llama-70B ~102, shallower below."""
+    if n >= 1e9:
+        return 114.0 + 10.0 * math.log2(n / 1e9) / 3.0  # 1B: 114, 8B: 124
+    # tiny models: keep a few layers, aspect falls towards ~48 at 1M parameters
+    return 48.0 + (114.0 - 48.0) * math.log10(max(n, 1e6) / 1e6) / 3.0
+
+
+def auto_shape(
+    n_nonembedding: float,
+    *,
+    tp: int = 1,
+    kv_groups: int | None = None,
+    vocab: int = GPT2_VOCAB,
+    seq_len: int = DEFAULT_SEQ_LEN,
+    tied_embeddings: bool = False,
+) -> ModelShape:
+    """Propose a Llama-style shape with about `n_nonembedding` non-embedding parameters.
+
+    Follows the presets' proportions: FFN = 3.5 x hidden (rounded to a multiple of 64 x TP),
+    hidden a whole number of heads (a multiple of head_dim x TP so heads divide by TP), and the
+    depth chosen to land closest to the requested size. `kv_groups=None` means multi-head.
+    """
+    if not 1e5 <= n_nonembedding <= 1e13:
+        raise GrowError(f"size {format_count(n_nonembedding)} is outside the supported 100K-10T range")
+    per_layer_coeff = 4 + 3 * FFN_RATIO  # params per layer / hidden^2 for MHA
+    hidden_guess = (n_nonembedding * _aspect_for(n_nonembedding) / per_layer_coeff) ** (1 / 3)
+    head_dim = _head_dim_for(hidden_guess)
+    step = head_dim * tp
+    best: tuple[float, ModelShape] | None = None
+    for hidden in {max(step, int(round(hidden_guess / step)) * step + k * step) for k in (-1, 0, 1)}:
+        heads = hidden // head_dim
+        groups = heads if kv_groups is None else kv_groups
+        if heads % groups or (groups % tp and tp % groups):
+            continue
+        ffn_step = 64 * tp if hidden >= 256 else 16 * tp
+        ffn = max(ffn_step, int(round(FFN_RATIO * hidden / ffn_step)) * ffn_step)
+        probe = ModelShape(hidden, ffn, 1, heads, groups, head_dim, vocab, seq_len, tied_embeddings)
+        layers = max(1, int(round((n_nonembedding - hidden) / probe.layer_params())))
+        shape = probe.with_(layers=layers)
+        error = abs(math.log(shape.param_counts().nonembedding / n_nonembedding))
+        aspect_error = abs(math.log(hidden / layers / _aspect_for(n_nonembedding)))
+        score = error + 0.1 * aspect_error
+        if best is None or score < best[0]:
+            best = (score, shape)
+    if best is None:
+        raise GrowError(f"no shape with {kv_groups} KV groups fits TP={tp}; pick kv_groups divisible by TP")
+    return best[1]
+
+
+def nearest_shape_for_tp(shape: ModelShape, tp: int) -> ModelShape:
+    """A shape with about the same non-embedding size whose heads/FFN divide by `tp`."""
+    groups = None if shape.kv_groups == shape.heads else shape.kv_groups
+    if groups is not None and groups % tp and tp % groups:
+        groups = math.lcm(groups, tp) if math.lcm(groups, tp) <= shape.heads else None
+    return auto_shape(
+        shape.param_counts().nonembedding,
+        tp=tp,
+        kv_groups=groups,
+        vocab=shape.vocab,
+        seq_len=shape.seq_len,
+        tied_embeddings=shape.tied_embeddings,
+    )
+
+
+def resolve_shape(
+    name: str,
+    *,
+    tp: int = 1,
+    vocab: int = GPT2_VOCAB,
+    seq_len: int = DEFAULT_SEQ_LEN,
+    tied_embeddings: bool = False,
+) -> tuple[str, float, ModelShape]:
+    """Turn a size name into (canonical name, nominal size, shape): presets first, else auto.
+
+    The nominal size is what the name says ("8B" -> 8e9); the reference FLOP accounting uses it.
+    """
+    nominal = parse_count(name, "model size")
+    canonical = size_name(nominal)
+    preset = PRESETS.get(canonical)
+    if preset is not None:
+        shape = preset.with_(vocab=vocab, seq_len=seq_len, tied_embeddings=tied_embeddings)
+    else:
+        shape = auto_shape(nominal, tp=tp, vocab=vocab, seq_len=seq_len, tied_embeddings=tied_embeddings)
+    return canonical, nominal, shape
