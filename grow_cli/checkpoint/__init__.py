@@ -1,0 +1,1 @@
+"""torch_dist checkpoints: layout facts, metadata, partial reads, streaming writes, model I/O."""

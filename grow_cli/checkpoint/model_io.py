@@ -1,0 +1,74 @@
+"""Save and load a megatron-core GPTModel as a torch_dist checkpoint, at any TP/PP.
+
+These are collectives: every rank of the current world calls them with its own model piece.
+megatron's `dist_checkpointing` writes global tensors, so what one layout saves another loads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from grow_cli.checkpoint.atomic import atomic_directory
+from grow_cli.checkpoint.metadata import COMMON_KEY, CheckpointInfo, read_info
+from grow_cli.checkpoint.tensors import validate_checkpoint
+from grow_cli.errors import GrowError
+
+
+def save_model_checkpoint(
+    path: str | Path,
+    model,
+    info: CheckpointInfo,
+    *,
+    extra_state: dict | None = None,
+    force: bool = False,
+) -> Path:
+    """Write `model` (and any `extra_state`: optimizer, scheduler, RNG...) to `path` atomically.
+
+    `extra_state` entries that are megatron ShardedBase objects become tensors of the checkpoint;
+    plain values land in `common.pt` beside the grow record.
+    """
+    from megatron.core import dist_checkpointing
+
+    state = {"model": model.sharded_state_dict(), COMMON_KEY: info.to_dict()}
+    state.update(extra_state or {})
+    with atomic_directory(path, force=force, what="checkpoint") as tmp:
+        dist_checkpointing.save(state, str(tmp))
+    return Path(path)
+
+
+def load_model_weights(model, path: str | Path, *, expect_shape=None, strict: bool = True) -> CheckpointInfo:
+    """Load the weights at `path` into `model` (this rank's piece) and return the grow record.
+
+    `expect_shape` (a ModelShape) guards against loading a checkpoint of another architecture
+    with a one-line error instead of megatron's shape mismatch traceback.
+    """
+    from megatron.core import dist_checkpointing
+
+    path = validate_checkpoint(path)
+    info = read_info(path)
+    if expect_shape is not None and _architecture(info.shape) != _architecture(expect_shape):
+        raise GrowError(
+            f"checkpoint {path} has shape {info.shape.describe()}, but this run needs "
+            f"{expect_shape.describe()}; expand it first (grow expand) or pick the matching stage"
+        )
+    loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(path))
+    model.load_state_dict(loaded["model"], strict=strict)
+    return info
+
+
+def _architecture(shape) -> tuple:
+    """The fields that decide tensor shapes (sequence length may differ between runs)."""
+    return (shape.hidden, shape.ffn, shape.layers, shape.heads, shape.kv_groups, shape.head_dim, shape.vocab,
+            shape.tied_embeddings)
+
+
+def model_from_checkpoint(path: str | Path, layout, *, dtype: torch.dtype = torch.float32, attention: str = "sdpa"):
+    """Build this rank's GPTModel piece for the checkpoint's own shape and load its weights."""
+    from grow_cli.runtime.model import build_gpt_model
+
+    info = read_info(validate_checkpoint(path))
+    model = build_gpt_model(info.shape, layout, dtype=dtype, attention=attention)
+    load_model_weights(model, path)
+    return model, info

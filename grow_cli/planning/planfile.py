@@ -1,0 +1,166 @@
+"""The plan file: what `grow plan` decides and `pretrain`, `expand` and `eval` read.
+
+A YAML document with a versioned schema. Each stage carries everything a later command needs:
+the model shape, the token budget (and the iterations it implies at the planned global batch),
+the learning-rate schedule and the parallel layout. Readers refuse a newer schema instead of
+guessing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from grow_cli.errors import GrowError
+from grow_cli.shape import ModelShape
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The parallel layout a stage is planned for (and `pretrain` defaults to)."""
+
+    tp: int = 1
+    pp: int = 1
+    dp: int = 1
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp * self.dp
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One member of the series.
+
+    Token counts are in tokens; FLOPs follow the plan's `flops_convention`. `tokens_incremental`
+    is what this stage trains on (all of `tokens_scratch` for the first stage, the remainder of
+    the largest-so-far scratch budget after growth for later ones).
+    """
+
+    index: int  # 1-based position in the series
+    name: str  # "1B"
+    nominal_params: float  # what the name says; the reference FLOP accounting uses it
+    shape: ModelShape
+    params_total: int
+    params_nonembedding: int
+    tokens_scratch: float
+    tokens_incremental: float
+    tokens_cumulative: float
+    flops_scratch: float
+    flops_incremental: float
+    flops_cumulative: float
+    lr: float
+    min_lr: float
+    warmup_iters: int
+    train_iters: int
+    global_batch: int  # sequences per optimizer step
+    micro_batch: int
+    layout: Layout = field(default_factory=Layout)
+    init_from: str | None = None  # name of the stage this one grows from (None: scratch)
+    predicted_loss: float | None = None
+    gpu_hours: float | None = None
+    memory_per_gpu_gb: float | None = None
+    unique_tokens: float | None = None  # --fixed-data: fresh tokens available to this stage
+    repeated_tokens: float | None = None
+
+    @property
+    def tokens_per_iter(self) -> int:
+        return self.global_batch * self.shape.seq_len
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["shape"] = self.shape.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StagePlan":
+        data = dict(data)
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        data["shape"] = ModelShape.from_dict(data["shape"])
+        data["layout"] = Layout(**data.get("layout", {}))
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A whole series: its stages, the inputs that produced it and the totals."""
+
+    stages: list[StagePlan]
+    inputs: dict = field(default_factory=dict)  # the options `grow plan` was given
+    totals: dict = field(default_factory=dict)
+    flops_convention: str = "reference"
+    schema_version: int = SCHEMA_VERSION
+
+    def stage(self, key: int | str) -> StagePlan:
+        """A stage by 1-based index ("2", 2) or by name ("2B")."""
+        text = str(key)
+        for stage in self.stages:
+            if text == str(stage.index) or text.upper() == stage.name.upper():
+                return stage
+        names = ", ".join(f"{s.index} ({s.name})" for s in self.stages)
+        raise GrowError(f"the plan has no stage {key!r}; its stages are {names}")
+
+    def previous(self, stage: StagePlan) -> StagePlan | None:
+        return self.stages[stage.index - 2] if stage.index > 1 else None
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": self.schema_version,
+            "flops_convention": self.flops_convention,
+            "inputs": self.inputs,
+            "stages": [s.to_dict() for s in self.stages],
+            "totals": self.totals,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "plan") -> "Plan":
+        version = data.get("schema_version")
+        if not isinstance(version, int):
+            raise GrowError(f"{source} is not a grow plan file (no schema_version); create one with `grow plan --out`")
+        if version > SCHEMA_VERSION:
+            raise GrowError(
+                f"{source} has plan schema {version}, newer than this grow understands ({SCHEMA_VERSION}); "
+                "upgrade grow or re-run `grow plan`"
+            )
+        return cls(
+            stages=[StagePlan.from_dict(s) for s in data.get("stages", [])],
+            inputs=data.get("inputs", {}),
+            totals=data.get("totals", {}),
+            flops_convention=data.get("flops_convention", "reference"),
+            schema_version=version,
+        )
+
+
+def iterations_for(tokens: float, global_batch: int, seq_len: int) -> int:
+    """Optimizer steps needed to consume `tokens` at `global_batch` sequences of `seq_len`."""
+    return max(1, math.ceil(tokens / (global_batch * seq_len)))
+
+
+def save_plan(plan: Plan, path: str | Path) -> None:
+    """Write the plan as YAML, atomically (temporary name, then rename)."""
+    import yaml
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(plan.to_dict(), sort_keys=False))
+    tmp.replace(path)
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read a plan file, with one-line errors for a missing, unreadable or too-new file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise GrowError(f"plan file {path} does not exist; create it with `grow plan ... --out {path}`")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise GrowError(f"plan file {path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise GrowError(f"{path} is not a grow plan file; create one with `grow plan --out`")
+    return Plan.from_dict(data, source=str(path))

@@ -1,0 +1,45 @@
+"""Shared test helpers: offline environment, tiny shapes, and running scripts under torchrun."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("GROW_ASSETS", str(REPO / ".cache" / "assets"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_ranks(args: list[str], nproc: int = 2, timeout: int = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `python args...` under torchrun with `nproc` gloo ranks; raise with its output on failure."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", f"--nproc-per-node={nproc}", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def run_grow(args: list[str], timeout: int = 600, cwd: Path | None = None, nproc: int = 1) -> subprocess.CompletedProcess:
+    """Run the real `grow` console entry point (not raising on a non-zero exit)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "grow_cli", *args]
+    else:
+        torchrun = Path(sys.executable).with_name("torchrun")
+        cmd = [str(torchrun), "--standalone", f"--nproc-per-node={nproc}", "-m", "grow_cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+
+
+@pytest.fixture
+def tiny_shape():
+    from grow_cli.shape import ModelShape
+
+    return ModelShape(hidden=64, ffn=176, layers=2, heads=4, kv_groups=2, head_dim=16, vocab=1000, seq_len=32)
