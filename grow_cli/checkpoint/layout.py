@@ -32,11 +32,18 @@ EXTRA_STATE_MODULES = (
     "decoder.layers.mlp.linear_fc1",
     "decoder.layers.mlp.linear_fc2",
 )
-OUTPUT_EXTRA_STATE = "output_layer._extra_state"
 
 
-def extra_state_key(module: str, layer: int, layers: int) -> str:
-    return f"{module}._extra_state/shard_{layer}_{layers}"
+def extra_state_objects(shape: ModelShape) -> dict[str, None]:
+    """The `_extra_state` entries megatron writes for a local-spec GPTModel of `shape` (all None).
+
+    A checkpoint written without a model must carry them or megatron refuses to load it.
+    """
+    return {
+        f"{module}._extra_state/shard_{layer}_{shape.layers}": None
+        for layer in range(shape.layers)
+        for module in EXTRA_STATE_MODULES
+    }
 
 
 @dataclass(frozen=True)

@@ -222,7 +222,8 @@ class _StreamingSavePlanner(DefaultSavePlanner):
     def resolve_data(self, write_item: WriteItem):
         if write_item.type == WriteItemType.BYTE_IO:
             buffer = io.BytesIO()
-            torch.save(self._objects[write_item.index.fqn], buffer)
+            # megatron stores a ShardedObject as the list of its replicas' data
+            torch.save([self._objects[write_item.index.fqn]], buffer)
             buffer.seek(0)
             return buffer
         piece = self._pieces[(write_item.index.fqn, tuple(write_item.index.offset))]
@@ -248,8 +249,8 @@ def write_checkpoint(
 
     `pieces` are this rank's blocks (together, across ranks, they must tile every global tensor
     exactly once); `produce(piece)` returns its data when the writer gets to it. `common` becomes
-    `common.pt` and `objects` byte entries (megatron's `_extra_state` ShardedObjects), both written
-    by rank 0 only. With `distributed=True` this is a collective over the default process group.
+    `common.pt` and `objects` byte entries (megatron's `_extra_state` ShardedObjects: pass the
+    object's value, e.g. None; it is stored the way megatron stores it), both written by rank 0. With `distributed=True` this is a collective over the default process group.
     """
     path = Path(path)
     is_main = not distributed or torch.distributed.get_rank() == 0
