@@ -171,18 +171,22 @@ def auto_shape(
     vocab: int = GPT2_VOCAB,
     seq_len: int = DEFAULT_SEQ_LEN,
     tied_embeddings: bool = False,
+    head_dim: int | None = None,
+    pp: int = 1,
 ) -> ModelShape:
     """Propose a Llama-style shape with about `n_nonembedding` non-embedding parameters.
 
     Follows the presets' proportions: FFN = 3.5 x hidden (rounded to a multiple of 64 x TP),
     hidden a whole number of heads (a multiple of head_dim x TP so heads divide by TP), and the
     depth chosen to land closest to the requested size. `kv_groups=None` means multi-head.
+    `head_dim=None` picks one by size; a series passes its own so every member grows by whole
+    heads. Depth is a multiple of `pp` so the layers split evenly over pipeline stages.
     """
     if not 1e5 <= n_nonembedding <= 1e13:
         raise GrowError(f"size {format_count(n_nonembedding)} is outside the supported 100K-10T range")
     per_layer_coeff = 4 + 3 * FFN_RATIO  # params per layer / hidden^2 for MHA
     hidden_guess = (n_nonembedding * _aspect_for(n_nonembedding) / per_layer_coeff) ** (1 / 3)
-    head_dim = _head_dim_for(hidden_guess)
+    head_dim = _head_dim_for(hidden_guess) if head_dim is None else head_dim
     step = head_dim * tp
     best: tuple[float, ModelShape] | None = None
     for hidden in {max(step, int(round(hidden_guess / step)) * step + k * step) for k in (-1, 0, 1)}:
@@ -193,7 +197,7 @@ def auto_shape(
         ffn_step = 64 * tp if hidden >= 256 else 16 * tp
         ffn = max(ffn_step, int(round(FFN_RATIO * hidden / ffn_step)) * ffn_step)
         probe = ModelShape(hidden, ffn, 1, heads, groups, head_dim, vocab, seq_len, tied_embeddings)
-        layers = max(1, int(round((n_nonembedding - hidden) / probe.layer_params())))
+        layers = max(1, int(round((n_nonembedding - hidden) / probe.layer_params() / pp))) * pp
         shape = probe.with_(layers=layers)
         error = abs(math.log(shape.param_counts().nonembedding / n_nonembedding))
         aspect_error = abs(math.log(hidden / layers / _aspect_for(n_nonembedding)))
@@ -227,16 +231,29 @@ def resolve_shape(
     vocab: int = GPT2_VOCAB,
     seq_len: int = DEFAULT_SEQ_LEN,
     tied_embeddings: bool = False,
+    use_presets: bool = True,
+    head_dim: int | None = None,
+    pp: int = 1,
 ) -> tuple[str, float, ModelShape]:
     """Turn a size name into (canonical name, nominal size, shape): presets first, else auto.
 
     The nominal size is what the name says ("8B" -> 8e9); the reference FLOP accounting uses it.
+    `use_presets=False` auto-shapes every size (to fit `tp`/`pp`); `head_dim` and `pp` only
+    steer auto-shaped sizes.
     """
     nominal = parse_count(name, "model size")
     canonical = size_name(nominal)
-    preset = PRESETS.get(canonical)
+    preset = PRESETS.get(canonical) if use_presets else None
     if preset is not None:
         shape = preset.with_(vocab=vocab, seq_len=seq_len, tied_embeddings=tied_embeddings)
     else:
-        shape = auto_shape(nominal, tp=tp, vocab=vocab, seq_len=seq_len, tied_embeddings=tied_embeddings)
+        shape = auto_shape(
+            nominal,
+            tp=tp,
+            vocab=vocab,
+            seq_len=seq_len,
+            tied_embeddings=tied_embeddings,
+            head_dim=head_dim,
+            pp=pp,
+        )
     return canonical, nominal, shape

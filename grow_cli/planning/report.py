@@ -1,0 +1,276 @@
+"""Presenting a Plan: rich tables for people, extra derived facts for `--json`.
+
+Everything shown is either a field of the Plan or derived from its stages here (the FLOPs under
+the other conventions, memory advice), so a plan read back from its file prints the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from grow_cli.planning.budget import progressive_budgets
+from grow_cli.planning.flops import CONVENTIONS, flops_per_token
+from grow_cli.planning.hardware import GPUSpec, gpu_spec
+from grow_cli.planning.lr import LRLadder
+from grow_cli.planning.memory import smallest_fitting_layout
+from grow_cli.planning.planfile import Layout, Plan
+from grow_cli.units import format_count
+
+_FLOP_UNITS = (("Z", 1e21), ("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9))
+
+CONVENTION_TITLES = {
+    "reference": "6·N·D, N = the size name's count",
+    "6nd-total": "6·N·D, N = all parameters",
+    "megatron": "Megatron-LM formula, causal attention",
+    "palm": "6·N + 12·L·H·d·s (PaLM / MFU)",
+}
+
+
+def flop_unit(value: float) -> tuple[str, float]:
+    """The SI prefix a column of FLOPs up to `value` reads best in (ZFLOPs for the reference)."""
+    for prefix, scale in _FLOP_UNITS:
+        if value >= scale:
+            return prefix, scale
+    return "", 1.0
+
+
+@dataclass(frozen=True)
+class MemoryAdvice:
+    """A stage whose estimate exceeds the GPU, and the smallest layout that would fit."""
+
+    stage: str
+    memory_gib: float
+    capacity_gib: float
+    suggested_layout: Layout | None
+    suggested_memory_gib: float | None
+
+    def message(self, gpu: GPUSpec, layout: Layout) -> str:
+        text = (
+            f"{self.stage} needs ~{self.memory_gib:.0f} GiB per GPU at TP={layout.tp} PP={layout.pp} "
+            f"DP={layout.dp}, more than the {self.capacity_gib:.0f} GiB usable of an {gpu.description}"
+        )
+        if self.suggested_layout is None:
+            return text + "; no layout up to 4096 GPUs fits: lower --micro-batch or --seq-len"
+        s = self.suggested_layout
+        return text + (
+            f"; it fits on {s.gpus} GPUs as --tp {s.tp} --pp {s.pp} --dp {s.dp} "
+            f"(~{self.suggested_memory_gib:.0f} GiB)"
+        )
+
+
+def _gpu(plan: Plan) -> GPUSpec:
+    return gpu_spec(plan.inputs.get("gpu", "h100"))
+
+
+def memory_advice(plan: Plan) -> list[MemoryAdvice]:
+    """Stages that do not fit the planned GPU, each with the smallest layout that does."""
+    gpu = _gpu(plan)
+    advice = []
+    for stage in plan.stages:
+        if stage.memory_per_gpu_gb is None or stage.memory_per_gpu_gb <= gpu.usable_gib:
+            continue
+        fit = smallest_fitting_layout(stage.shape, gpu.usable_gib, stage.micro_batch, stage.global_batch)
+        advice.append(
+            MemoryAdvice(
+                stage=stage.name,
+                memory_gib=stage.memory_per_gpu_gb,
+                capacity_gib=gpu.usable_gib,
+                suggested_layout=fit[0] if fit else None,
+                suggested_memory_gib=fit[1].total_gib if fit else None,
+            )
+        )
+    return advice
+
+
+@dataclass(frozen=True)
+class ConventionSummary:
+    """The series under one FLOPs convention: per-stage FLOPs/token and the series totals."""
+
+    convention: str
+    flops_per_token: list[float]
+    ratio_to_plan: list[float]  # this convention's FLOPs/token ÷ the plan's convention's
+    flops_independent: float
+    flops_progressive: float
+    saving_fraction: float
+
+
+def convention_summaries(plan: Plan) -> list[ConventionSummary]:
+    """Re-run the budget rule under every convention, on the plan's shapes and token budgets."""
+    names = [s.name for s in plan.stages]
+    scratch = [s.tokens_scratch for s in plan.stages]
+    per_convention = {
+        c: [flops_per_token(c, s.shape, s.nominal_params, s.layout.tp) for s in plan.stages] for c in CONVENTIONS
+    }
+    own = per_convention[plan.flops_convention]
+    summaries = []
+    for convention, per_token in per_convention.items():
+        budgets = progressive_budgets(names, per_token, scratch)
+        independent = sum(b.flops_scratch for b in budgets)
+        summaries.append(
+            ConventionSummary(
+                convention=convention,
+                flops_per_token=per_token,
+                ratio_to_plan=[a / b for a, b in zip(per_token, own)],
+                flops_independent=independent,
+                flops_progressive=budgets[-1].flops_cumulative,
+                saving_fraction=1 - budgets[-1].flops_cumulative / independent,
+            )
+        )
+    return summaries
+
+
+def plan_json(plan: Plan) -> dict:
+    """Plan.to_dict() plus a `report` block of derived facts (conventions, memory advice)."""
+    data = plan.to_dict()
+    data["report"] = {
+        "conventions": [asdict(c) for c in convention_summaries(plan)],
+        "memory_warnings": [asdict(a) for a in memory_advice(plan)],
+        "gpu": asdict(_gpu(plan)),
+    }
+    return data
+
+
+def _lr(value: float) -> str:
+    """1.5e-3 rather than 0.0015: LRs are compared by exponent."""
+    mantissa, exponent = f"{value:.2e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
+def _amount(value: float) -> str:
+    """Thousands separators for big figures, two significant digits for small ones."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.2g}"
+
+
+def _table(title: str) -> Table:
+    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+
+
+def _tokens_cell(stage: StagePlan) -> str:
+    text = format_count(stage.tokens_incremental)
+    if stage.repeated_tokens:
+        text += f"\n[yellow]({format_count(stage.repeated_tokens)} repeated)[/yellow]"
+    return text
+
+
+def render(plan: Plan, console: Console) -> None:
+    """Print the shapes, budget and training tables, the totals and the conventions table."""
+    totals, gpu, layout = plan.totals, _gpu(plan), plan.stages[0].layout
+    prefix, scale = flop_unit(max(s.flops_scratch for s in plan.stages))
+    unit = f"{prefix}FLOPs"
+
+    def flops(value: float) -> str:
+        return f"{value / scale:.3g}"
+
+    models = _table(
+        f"Series {' → '.join(s.name for s in plan.stages)}: shapes (head dim {plan.stages[-1].shape.head_dim}, "
+        f"vocab {plan.stages[-1].shape.vocab}, {'tied' if plan.stages[-1].shape.tied_embeddings else 'untied'} embeddings)"
+    )
+    for column in ("stage", "grows\nfrom", "hidden", "ffn", "layers", "heads", "kv\ngroups", "params\nnon-emb", "params\ntotal"):
+        models.add_column(column, justify="left" if column in ("stage", "grows\nfrom") else "right")
+    for s in plan.stages:
+        shape = s.shape
+        models.add_row(
+            s.name,
+            s.init_from or "scratch",
+            str(shape.hidden),
+            str(shape.ffn),
+            str(shape.layers),
+            str(shape.heads),
+            str(shape.kv_groups),
+            format_count(s.params_nonembedding),
+            format_count(s.params_total),
+        )
+    console.print(models)
+
+    budget = _table(
+        f"Budget: {totals['tokens_per_param']:.3g} tokens/param; FLOPs {plan.flops_convention} = "
+        f"{CONVENTION_TITLES.get(plan.flops_convention, plan.flops_convention)}"
+    )
+    for column in ("stage", "tokens\nscratch", "tokens\ntrained", f"{unit}\nscratch", f"{unit}\ntrained", f"{unit}\ncumulative"):
+        budget.add_column(column, justify="left" if column == "stage" else "right")
+    if totals.get("corpus_tokens"):
+        budget.add_column("of which\nre-read", justify="right")
+    for s in plan.stages:
+        row = [
+            s.name,
+            format_count(s.tokens_scratch),
+            format_count(s.tokens_incremental),
+            flops(s.flops_scratch),
+            flops(s.flops_incremental),
+            flops(s.flops_cumulative),
+        ]
+        if totals.get("corpus_tokens"):
+            row.append(format_count(s.repeated_tokens or 0))
+        budget.add_row(*row)
+    console.print(budget)
+
+    training = _table(
+        f"Training: batch {plan.stages[0].global_batch} x {plan.stages[0].shape.seq_len} tokens "
+        f"(micro {plan.stages[0].micro_batch}), TP={layout.tp} PP={layout.pp} DP={layout.dp}, "
+        f"{gpu.name.upper()} at {plan.inputs.get('mfu', 0):.0%} MFU"
+    )
+    days = f"days on\n{layout.gpus} GPU{'s' if layout.gpus > 1 else ''}"
+    for column in ("stage", "LR", "min LR", "warmup", "iters", "loss\n(law)", "GPU-\nhours", days, "GiB per\nGPU"):
+        training.add_column(column, justify="left" if column == "stage" else "right")
+    for s in plan.stages:
+        memory = "" if s.memory_per_gpu_gb is None else f"{s.memory_per_gpu_gb:.1f}"
+        if s.memory_per_gpu_gb is not None and s.memory_per_gpu_gb > gpu.usable_gib:
+            memory = f"[bold red]{memory} ![/bold red]"
+        training.add_row(
+            s.name,
+            _lr(s.lr),
+            _lr(s.min_lr),
+            f"{s.warmup_iters:,}",
+            f"{s.train_iters:,}",
+            "" if s.predicted_loss is None else f"{s.predicted_loss:.3f}",
+            "" if s.gpu_hours is None else _amount(s.gpu_hours),
+            "" if s.gpu_hours is None else _amount(s.gpu_hours / s.layout.gpus / 24),
+            memory,
+        )
+    console.print(training)
+
+    lines = [
+        f"FLOPs ({plan.flops_convention}): every size from scratch {flops(totals['flops_independent'])} {unit}, "
+        f"grown series {flops(totals['flops_progressive'])} {unit}: "
+        f"[bold green]{totals['saving_fraction']:.1%} saved[/bold green]",
+        f"Tokens: grown series {format_count(totals['tokens_progressive'])} vs "
+        f"{format_count(totals['tokens_largest_scratch'])} for {plan.stages[-1].name} alone "
+        f"({totals['tokens_progressive'] / totals['tokens_largest_scratch'] - 1:+.0%})",
+        f"GPU-hours ({gpu.name.upper()}, Megatron-counted FLOPs): grown series "
+        f"{_amount(totals['gpu_hours_progressive'])} vs {_amount(totals['gpu_hours_independent'])} from scratch",
+    ]
+    if totals.get("corpus_tokens"):
+        lines.append(
+            f"Fixed data: a {format_count(totals['corpus_tokens'])}-token corpus; "
+            f"{format_count(totals['repeated_tokens'])} tokens are read a second time"
+            + (f" (in {', '.join(s.name for s in plan.stages if s.repeated_tokens)})" if totals["repeated_tokens"] else "")
+        )
+    lines.append(
+        f"Scaling law {plan.inputs.get('law', '')}: the compute of {plan.stages[-1].name} from scratch is best spent on "
+        f"{format_count(totals['law_optimal_params'])} params (all, embeddings included) x {format_count(totals['law_optimal_tokens'])} tokens"
+    )
+    lr_spec = plan.inputs.get("lr_ladder")
+    if lr_spec:
+        lines.append(f"Learning rates: {LRLadder.parse(lr_spec).describe()}")
+    for line in lines:
+        console.print(line)
+
+    conventions = _table("GFLOPs per training token by convention (ratio to the plan's)")
+    conventions.add_column("convention")
+    for s in plan.stages:
+        conventions.add_column(s.name, justify="right")
+    conventions.add_column("saving", justify="right")
+    for c in convention_summaries(plan):
+        conventions.add_row(
+            c.convention + (" *" if c.convention == plan.flops_convention else ""),
+            *(f"{f / 1e9:.3g} ({r:.2f})" for f, r in zip(c.flops_per_token, c.ratio_to_plan)),
+            f"{c.saving_fraction:.1%}",
+        )
+    console.print(conventions)
+
+    for advice in memory_advice(plan):
+        console.print(f"[bold red]warning:[/bold red] {advice.message(gpu, layout)}")
