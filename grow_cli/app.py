@@ -29,6 +29,9 @@ app = typer.Typer(
 from grow_cli.planning.cli import plan_command  # noqa: E402
 
 app.command("plan")(plan_command)
+from grow_cli.data.cli import app as data_app  # noqa: E402
+
+app.add_typer(data_app, name="data")
 
 
 def main() -> None:
