@@ -210,18 +210,24 @@ def auto_shape(
 
 
 def nearest_shape_for_tp(shape: ModelShape, tp: int) -> ModelShape:
-    """A shape with about the same non-embedding size whose heads/FFN divide by `tp`."""
-    groups = None if shape.kv_groups == shape.heads else shape.kv_groups
-    if groups is not None and groups % tp and tp % groups:
-        groups = math.lcm(groups, tp) if math.lcm(groups, tp) <= shape.heads else None
-    return auto_shape(
-        shape.param_counts().nonembedding,
-        tp=tp,
-        kv_groups=groups,
-        vocab=shape.vocab,
-        seq_len=shape.seq_len,
-        tied_embeddings=shape.tied_embeddings,
+    """A shape with about the same non-embedding size whose heads/FFN divide by `tp`.
+
+    Keeps the head dim and, for GQA, the KV group count nearest the original that TP accepts
+    (a divisor or a multiple of TP), so the suggestion stays a grouped-attention model; falls
+    back to multi-head attention when no group count fits.
+    """
+    common = dict(
+        vocab=shape.vocab, seq_len=shape.seq_len, tied_embeddings=shape.tied_embeddings, head_dim=shape.head_dim
     )
+    size = shape.param_counts().nonembedding
+    if shape.kv_groups != shape.heads:
+        fitting = {d for d in range(1, tp + 1) if tp % d == 0} | {tp * k for k in range(1, shape.heads // tp + 1)}
+        for groups in sorted(fitting, key=lambda g: (abs(math.log(g / shape.kv_groups)), -g)):
+            try:
+                return auto_shape(size, tp=tp, kv_groups=groups, **common)
+            except GrowError:
+                continue
+    return auto_shape(size, tp=tp, **common)
 
 
 def resolve_shape(

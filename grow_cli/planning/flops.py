@@ -11,8 +11,8 @@ depending on what is counted, so every FLOP figure grow prints names its convent
   causal attention (its form since March 2025) and the TP-padded vocabulary: what Megatron-LM
   logs as throughput, hence what `--mfu` is measured against.
 - `palm`: PaLM's MFU accounting (Chowdhery et al. 2022, appendix B), 6·N + 12·L·H·d·s with N
-  the matmul parameters (all but the input embedding lookup) and attention counted
-  non-causally.
+  the matmul weights (all but the input embedding lookup and the norm gains) and attention
+  counted non-causally: exactly the matmul FLOPs a dense implementation executes.
 
 Each is forward + backward (3 x the forward's 2 FLOPs per multiply-add).
 """
@@ -33,12 +33,13 @@ def check_convention(name: str) -> str:
 
 
 def matmul_params(shape: ModelShape, tp: int = 1) -> int:
-    """Parameters that take part in a matrix multiply per token: all but the embedding lookup.
+    """Weights that take part in a matrix multiply for every token.
 
-    The output layer always multiplies (tied or not); the input embedding is a gather.
+    The projections, the MLP and the output layer (tied or not); not the input embedding (a
+    gather) nor the RMSNorm gains (elementwise, ~1e-4 of the parameters).
     """
-    vocab = shape.padded_vocab(tp)
-    return shape.param_counts(vocab).nonembedding + vocab * shape.hidden
+    norms = shape.layers * 2 * shape.hidden + shape.hidden
+    return shape.param_counts().nonembedding - norms + shape.padded_vocab(tp) * shape.hidden
 
 
 def attention_flops_per_token(shape: ModelShape, causal: bool) -> float:
