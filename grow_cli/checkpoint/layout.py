@@ -98,16 +98,3 @@ def split_fc1(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """SwiGLU fc1 `[gate; up]` -> (gate, up)."""
     gate, up = weight.chunk(2, dim=0)
     return gate, up
-
-
-def extra_state_objects(shape: ModelShape) -> dict[str, None]:
-    """The `_extra_state` objects megatron saves for a GPTModel of `shape` (grow's local/SDPA spec).
-
-    Their values are None, but megatron's load expects the keys: a checkpoint written tensor by
-    tensor (import, expand) must carry them to load with `strict=True`.
-    """
-    return {
-        extra_state_key(module, layer, shape.layers): None
-        for layer in range(shape.layers)
-        for module in EXTRA_STATE_MODULES
-    }
