@@ -119,3 +119,10 @@ def test_unknown_tokenizer():
         load_tokenizer("llama")
     with pytest.raises(GrowError, match="only applies to --tokenizer gpt2"):
         load_tokenizer("cl100k_base", tokenizer_file="x.tiktoken")
+
+
+def test_shape_default_vocab_is_the_gpt2_tokenizer():
+    from grow_cli.shape import GPT2_VOCAB, ModelShape
+
+    assert GPT2_VOCAB == vocab_size_of("gpt2") == load_tokenizer("gpt2").vocab_size
+    assert ModelShape.__dataclass_fields__["vocab"].default == GPT2_VOCAB
