@@ -36,7 +36,8 @@ def parse_multiplier(text: str, what: str = "multiplier") -> float:
 
 
 def format_count(value: float, digits: int = 3) -> str:
-    """Format a count with a K/M/B/T suffix: 1.09e9 -> '1.09B'."""
+    """Format a count with a K/M/B/T suffix: 1.09e9 -> '1.09B' (and 999.9e6 -> '1B', not '1e+03M')."""
+    value = float(f"{value:.{digits}g}")
     for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(value) >= scale:
             return f"{value / scale:.{digits}g}{suffix}"

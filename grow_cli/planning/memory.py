@@ -100,10 +100,10 @@ def estimate_memory(shape: ModelShape, layout: Layout, micro_batch: int, global_
 def smallest_fitting_layout(
     shape: ModelShape, capacity_gib: float, micro_batch: int, global_batch: int, max_gpus: int = 4096
 ) -> tuple[Layout, MemoryEstimate] | None:
-    """The layout with the fewest GPUs whose estimate fits `capacity_gib` (None if none does).
+    """The layout on the fewest GPUs (a power of two) whose estimate fits `capacity_gib`.
 
-    Among equal GPU counts it prefers data parallelism (cheapest communication), then TP within
-    a node (up to 8), then pipeline stages.
+    None if nothing up to `max_gpus` fits. Among equal GPU counts it prefers data parallelism
+    (cheapest communication), then TP within a node (up to 8), then pipeline stages.
     """
     tps = shape.feasible_tp(limit=8)
     pps = [p for p in range(1, shape.layers + 1) if shape.layers % p == 0]

@@ -1,0 +1,152 @@
+"""`grow plan` through the real console entry point: JSON, plan files, plots, user errors, imports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import run_grow
+
+from grow_cli.planning.planfile import SCHEMA_VERSION, load_plan
+from grow_cli.shape import PRESETS
+
+TINY = ["plan", "--sizes", "2M,4M", "--tokens-per-param", "20", "--seq-len", "128", "--global-batch", "8"]
+
+
+def _json(args: list[str]) -> dict:
+    proc = run_grow([*args, "--json"])
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_reference_json():
+    data = _json(["plan", "--max", "8B", "--chinchilla", "2x"])
+    stages = data["stages"]
+    assert [s["name"] for s in stages] == ["1B", "2B", "4B", "8B"]
+    for stage in stages:
+        preset = PRESETS[stage["name"]]
+        shape = stage["shape"]
+        assert (shape["hidden"], shape["ffn"], shape["layers"], shape["heads"], shape["kv_groups"]) == (
+            preset.hidden,
+            preset.ffn,
+            preset.layers,
+            preset.heads,
+            preset.kv_groups,
+        )
+        for key in ("params_nonembedding", "params_total", "tokens_scratch", "tokens_incremental", "flops_scratch", "flops_incremental", "lr"):
+            assert key in stage
+    assert [round(s["flops_scratch"] / 1e21, 2) for s in stages] == [0.24, 0.96, 3.84, 15.36]
+    assert [s["lr"] for s in stages] == [1.5e-3, 1.1e-3, 7e-4, 3e-4]
+    assert stages[-1]["tokens_scratch"] == 320e9
+    assert [round(s["params_nonembedding"] / 1e9, 2) for s in stages] == [1.09, 2.09, 4.01, 8.03]
+    totals = data["totals"]
+    assert round(totals["flops_independent"] / 1e21, 1) == 20.4
+    assert round(totals["flops_progressive"] / 1e21, 1) == 15.4
+    assert round(totals["saving_fraction"], 2) == 0.25
+    conventions = {c["convention"]: c for c in data["report"]["conventions"]}
+    assert conventions["reference"]["ratio_to_plan"] == [1.0] * 4
+    assert all(r > 1 for r in conventions["megatron"]["ratio_to_plan"])
+    assert [w["stage"] for w in data["report"]["memory_warnings"]] == ["8B"]  # 146 GiB on one H100
+
+
+def test_tiny_plan_file_round_trip_and_force(tmp_path):
+    out = tmp_path / "plan.yaml"
+    proc = run_grow([*TINY, "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote plan" in proc.stdout and "saved" in proc.stdout
+    plan = load_plan(out)
+    assert [s.name for s in plan.stages] == ["2M", "4M"]
+    assert plan.stages[1].init_from == "2M" and plan.stages[0].shape.seq_len == 128
+    assert plan.stages[0].train_iters == 39063  # ceil(40M tokens / (8 x 128))
+    assert sum(s.flops_incremental for s in plan.stages) == pytest.approx(plan.stages[-1].flops_scratch)
+    before = out.read_text()
+    again = run_grow([*TINY, "--chinchilla", "1x", "--out", str(out)])
+    assert again.returncode == 2 and "already exists" in again.stderr and "--force" in again.stderr
+    assert out.read_text() == before
+    forced = run_grow(["plan", "--sizes", "2M,4M,8M", "--seq-len", "128", "--global-batch", "8", "--out", str(out), "--force"])
+    assert forced.returncode == 0, forced.stderr
+    assert len(load_plan(out).stages) == 3
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_show_prints_a_saved_plan_identically(tmp_path):
+    out = tmp_path / "plan.yaml"
+    assert run_grow(["plan", "--max", "8B", "--chinchilla", "2x", "--fixed-data", "--out", str(out)]).returncode == 0
+    original = _json(["plan", "--max", "8B", "--chinchilla", "2x", "--fixed-data"])
+    shown = _json(["plan", "--show", str(out)])
+    assert shown == original
+    table = run_grow(["plan", "--show", str(out)])
+    assert table.returncode == 0 and "140B" in table.stdout and "24.7% saved" in table.stdout
+
+
+def test_plot(tmp_path):
+    path = tmp_path / "plan.png"
+    proc = run_grow(["plan", "--max", "8B", "--chinchilla", "2x", "--fixed-data", "--plot", str(path)])
+    assert proc.returncode == 0, proc.stderr
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    assert [p.name for p in tmp_path.iterdir()] == ["plan.png"]
+
+
+def test_auto_shapes_fit_the_requested_tp():
+    data = _json(["plan", "--max", "8B", "--tp", "2", "--gpus", "16", "--auto-shapes"])
+    for stage in data["stages"]:
+        assert stage["shape"]["heads"] % 2 == 0 and stage["shape"]["ffn"] % 2 == 0
+        assert stage["layout"] == {"tp": 2, "pp": 1, "dp": 8}
+    assert data["report"]["memory_warnings"] == []
+
+
+def _newer_plan(tmp_path):
+    path = tmp_path / "newer.yaml"
+    path.write_text(yaml.safe_dump({"schema_version": SCHEMA_VERSION + 1, "stages": []}))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["plan", "--max", "8X"], "cannot read --max size '8X'"),
+        (["plan", "--max", "8B", "--chinchilla", "abc"], "cannot read --chinchilla multiplier 'abc'"),
+        (["plan", "--sizes", "4B,2B"], "sizes must strictly increase"),
+        (["plan", "--max", "8B", "--tp", "2"], "4B cannot run at TP=2"),
+        (["plan", "--max", "8B", "--gpu", "tpu"], "unknown GPU kind 'tpu'"),
+        (["plan", "--max", "8B", "--flops-convention", "kaplan"], "unknown FLOPs convention"),
+        (["plan", "--max", "8B", "--law", "kaplan"], "unknown scaling law"),
+        (["plan", "--max", "8B", "--lr-ladder", "fast"], "cannot read --lr-ladder"),
+        (["plan", "--max", "8B", "--gpus", "8", "--global-batch", "12"], "not divisible by micro batch"),
+        (["plan", "--max", "8B", "--mfu", "40"], "--mfu 40.0 must be a fraction"),
+        (["plan", "--max", "8B", "--plot", "plan.jpgx"], "--plot plan.jpgx"),
+        (["plan", "--show", "missing.yaml"], "does not exist"),
+        (["plan", "--show", "NEWER"], "newer than this grow understands"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(tmp_path, args, message):
+    args = [_newer_plan(tmp_path) if a == "NEWER" else a for a in args]
+    proc = run_grow(args, cwd=tmp_path)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+    if "TP=2" in message:
+        assert "Feasible TP: 1, 5" in lines[0] and "--auto-shapes" in lines[0]
+
+
+def test_help_and_plan_do_not_import_torch_or_megatron():
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from grow_cli.app import app\n"
+        "runner = CliRunner()\n"
+        "assert runner.invoke(app, ['--help']).exit_code == 0\n"
+        "result = runner.invoke(app, ['plan', '--max', '8B', '--chinchilla', '2x'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "assert '15.4' in result.output\n"
+        "result = runner.invoke(app, ['plan', '--max', '8B', '--json'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "heavy = sorted(m for m in ('torch', 'megatron', 'matplotlib') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
