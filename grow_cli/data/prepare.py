@@ -191,8 +191,6 @@ class _DocumentReader:
         chunk: list[str] = []
         chars = 0
         for text in self.documents:
-            if self.limit is not None and self.taken >= self.limit:
-                break
             if not text.strip():
                 self.skipped_empty += 1
                 continue
@@ -202,6 +200,8 @@ class _DocumentReader:
             if chars >= CHUNK_CHARS or len(chunk) >= CHUNK_DOCUMENTS:
                 yield chunk
                 chunk, chars = [], 0
+            if self.limit is not None and self.taken >= self.limit:
+                break  # before reading further: a stream is not pulled past the limit
         if chunk:
             yield chunk
 
