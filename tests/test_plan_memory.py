@@ -25,7 +25,7 @@ SHAPES = [
 def test_params_per_gpu_match_sharded_megatron_models():
     from conftest import run_ranks
 
-    proc = run_ranks([str(HERE / "plan_params_per_rank.py"), json.dumps([s.to_dict() for s in SHAPES])])
+    proc = run_ranks([str(HERE / "scripts" / "plan_params_per_rank.py"), json.dumps([s.to_dict() for s in SHAPES])])
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(results) == 2 * len(SHAPES)
     for result in results:
