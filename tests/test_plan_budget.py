@@ -13,7 +13,7 @@ from grow_cli.planning.lr import LRLadder, ScheduleRule
 from grow_cli.planning.planfile import Layout
 from grow_cli.planning.planner import PlanRequest, build_plan
 from grow_cli.planning.series import growth_problems, series_sizes, tokens_per_param
-from grow_cli.shape import PRESETS, ModelShape
+from grow_cli.shape import PRESETS, ModelShape, nearest_shape_for_tp
 
 REFERENCE = PlanRequest(sizes=("1B", "2B", "4B", "8B"), tokens_per_param=40.0)
 
@@ -172,10 +172,14 @@ def test_plan_layout_is_checked_and_auto_shapes_fit_it():
     with pytest.raises(GrowError) as error:
         build_plan(PlanRequest(sizes=REFERENCE.sizes, tokens_per_param=40.0, layout=Layout(tp=2)))
     assert "4B cannot run at TP=2" in str(error.value) and "--auto-shapes" in str(error.value)
+    # presets that fit are kept; the 4B becomes the shape the error message suggested
+    plan = build_plan(PlanRequest(sizes=REFERENCE.sizes, tokens_per_param=40.0, layout=Layout(tp=2), auto_shapes=True))
+    assert [s.shape for s in plan.stages] == [PRESETS["1B"], PRESETS["2B"], nearest_shape_for_tp(PRESETS["4B"], 2), PRESETS["8B"]]
+    assert nearest_shape_for_tp(PRESETS["4B"], 2).describe() in str(error.value)
     plan = build_plan(PlanRequest(sizes=REFERENCE.sizes, tokens_per_param=40.0, layout=Layout(tp=2, pp=2), auto_shapes=True))
     for stage in plan.stages:
         assert stage.shape.layout_problems(tp=2, pp=2) == []
         assert stage.layout == Layout(tp=2, pp=2)
-        assert abs(stage.params_nonembedding / stage.nominal_params - 1) < 0.05
+        assert abs(stage.params_nonembedding / stage.nominal_params - 1) < 0.1  # the 1B preset is 1.09B
     for source, target in zip(plan.stages, plan.stages[1:]):
         assert growth_problems(source.shape, target.shape) == []

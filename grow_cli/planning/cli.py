@@ -43,7 +43,7 @@ def plan_command(
     auto_shapes: bool = typer.Option(
         False,
         "--auto-shapes",
-        help="Auto-shape every size for the layout instead of using the 1B/2B/4B/8B presets (e.g. 4B at TP 2).",
+        help="Auto-shape sizes whose 1B/2B/4B/8B preset does not fit --tp/--pp (e.g. 4B's 25 heads at TP 2).",
         rich_help_panel="Series",
     ),
     seq_len: int = typer.Option(1024, "--seq-len", help="Sequence length.", rich_help_panel="Series"),
@@ -95,14 +95,15 @@ def plan_command(
 ) -> None:
     """Plan a model series grown from small to large: shapes, token and FLOP budgets, LRs, cost, memory.
 
-    Each stage trains on what remains of the next size's from-scratch FLOP budget after the
-    stages before it, so the whole series costs what the largest model alone would.
+    Each stage trains on what remains of its from-scratch FLOP budget after the stages before it, so the whole series costs what the largest model alone would. Details and formulas: docs/planning.md.
 
-    Examples:
+    Examples (the reference 1B → 2B → 4B → 8B series on one node; the same at TP 2; a CPU demo):
 
-      grow plan --max 8B --chinchilla 2x                 (the reference 1B → 2B → 4B → 8B series)
+      grow plan --max 8B --chinchilla 2x --gpus 8 --out plan.yaml
 
-      grow plan --sizes 2M,4M --tokens-per-param 20 --seq-len 128 --global-batch 8 --out plan.yaml
+      grow plan --max 8B --chinchilla 2x --tp 2 --gpus 16 --auto-shapes
+
+      grow plan --sizes 2M,4M --tokens-per-param 20 --seq-len 128 --global-batch 8
     """
     from rich.console import Console
 

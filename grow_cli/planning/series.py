@@ -148,16 +148,27 @@ def resolve_series(
     tied: bool = False,
     auto_shapes: bool = False,
 ) -> list[SeriesMember]:
-    """Shapes for the series, checked against the layout and for growth stage to stage."""
-    common = dict(tp=tp, pp=pp, vocab=vocab, seq_len=seq_len, tied_embeddings=tied, use_presets=not auto_shapes)
-    _, _, largest = resolve_shape(names[-1], **common)
+    """Shapes for the series, checked against the layout and for growth stage to stage.
+
+    `auto_shapes` replaces a preset that does not fit TP/PP (the reference 4B's 25 heads at
+    TP 2) with an auto-shaped size that does; presets that fit are kept.
+    """
+    common = dict(tp=tp, pp=pp, vocab=vocab, seq_len=seq_len, tied_embeddings=tied)
+
+    def shape_of(name: str, head_dim: int | None) -> tuple[str, float, ModelShape]:
+        canonical, nominal, shape = resolve_shape(name, head_dim=head_dim, **common)
+        if auto_shapes and shape.layout_problems(tp, pp):
+            return resolve_shape(name, head_dim=head_dim, use_presets=False, **common)
+        return canonical, nominal, shape
+
+    largest = shape_of(names[-1], None)[2]
     members = []
     for name in names:
-        canonical, nominal, shape = resolve_shape(name, head_dim=largest.head_dim, **common)
+        canonical, nominal, shape = shape_of(name, largest.head_dim)
         try:
             shape.check_layout(tp, pp, name=canonical)
         except GrowError as error:
-            hint = "" if auto_shapes else "; or pass --auto-shapes to shape every size for this layout"
+            hint = "" if auto_shapes else "; or pass --auto-shapes to auto-shape the sizes whose preset does not fit"
             raise GrowError(f"{error}{hint}") from None
         members.append(SeriesMember(canonical, nominal, shape))
     for source, target in zip(members, members[1:]):
