@@ -1,0 +1,206 @@
+"""The streaming expansion: read source pieces on demand, write target pieces as they are made.
+
+The target is written through `write_checkpoint`, whose planner asks for each piece only when the
+writer reaches it; `build` then fetches the one or two source layers of one tensor it needs (a
+two-entry cache serves AKI's layer l / l+1 pairs and consecutive layers). Nothing else is held,
+so peak memory is about one layer of one source tensor (two for AKI) plus one target piece,
+whatever the model size. Under torchrun each rank writes a contiguous share of the pieces into
+its own shard file; the maps come from the seed alone, so the bytes do not depend on the number
+of ranks. The output appears under its final name only when every rank is done.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from grow_cli.checkpoint.atomic import atomic_directory, check_output
+from grow_cli.checkpoint.metadata import COMMON_KEY, CheckpointInfo, LineageStep, read_info
+from grow_cli.checkpoint.tensors import CheckpointReader, Piece, write_checkpoint
+from grow_cli.errors import GrowError
+from grow_cli.expansion.mapping import ExpandOptions, ExpansionPlan, SourceRead
+from grow_cli.shape import ModelShape
+
+OPTIMIZER_POLICY = (
+    "optimizer state is not carried: the expanded model starts with a fresh optimizer "
+    "(iteration 0), as in the reference method; re-warm up the learning rate"
+)
+
+
+class SourceCache:
+    """Fetches source tensors through a CheckpointReader, keeping the last `capacity` of them."""
+
+    def __init__(self, reader: CheckpointReader, capacity: int = 2):
+        self.reader = reader
+        self.capacity = capacity
+        self._items: OrderedDict[SourceRead, torch.Tensor] = OrderedDict()
+
+    def __call__(self, read: SourceRead) -> torch.Tensor:
+        if read in self._items:
+            self._items.move_to_end(read)
+            return self._items[read]
+        while len(self._items) >= self.capacity:
+            self._items.popitem(last=False)
+        if read.layer is None:
+            tensor = self.reader.read(read.key)
+        else:
+            tensor = self.reader.read_layer(read.key, read.layer)
+        self._items[read] = tensor
+        return tensor
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+@dataclass(frozen=True)
+class ExpandResult:
+    """What an expansion did; `bytes_read`/`pieces` are summed over ranks."""
+
+    output: Path
+    source: CheckpointInfo
+    target: CheckpointInfo
+    options: ExpandOptions
+    bytes_read: int
+    bytes_written: int
+    pieces: int
+    ranks: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+def open_source(path: str | Path) -> tuple[CheckpointReader, CheckpointInfo]:
+    """The source's reader and grow record (clear errors for anything that is not one)."""
+    reader = CheckpointReader(path)
+    return reader, read_info(path)
+
+
+def check_paths(source: Path, output: Path, force: bool) -> None:
+    """Refuse outputs that would overwrite or nest inside the source (or vice versa)."""
+    src, out = source.resolve(), output.resolve()
+    if out == src or src in out.parents or out in src.parents:
+        raise GrowError(f"the output {output} must not be the source {source}, inside it, or contain it")
+    check_output(output, force, "output")
+
+
+def notes_for(options: ExpandOptions, source: ModelShape) -> list[str]:
+    """What the user should know about the checkpoint this expansion writes."""
+    notes = [OPTIMIZER_POLICY]
+    if not options.exact:
+        notes.append(
+            f"width {options.width} + depth {options.depth} changes the model's outputs (expected: "
+            "training recovers); --width iso --depth identity is exactly function-preserving"
+        )
+    if source.tied_embeddings and options.width != "iso":
+        notes.append("tied embeddings stay tied: the LM head's 1/C division is folded into the final RMSNorm gain")
+    return notes
+
+
+def target_info(
+    info: CheckpointInfo, expansion: ExpansionPlan, source: Path, stage: str | None, plan: str | None = None
+) -> CheckpointInfo:
+    """The expanded checkpoint's grow record: new shape, iteration 0, the lineage step."""
+    options = expansion.options
+    step = LineageStep(
+        op="expand",
+        source=str(source),
+        source_id=info.checkpoint_id,
+        details={
+            "width": options.width,
+            "depth": options.depth,
+            "seed": options.seed,
+            "noise": options.noise,
+            "stage": stage,
+            "plan": plan,
+            "source_shape": info.shape.to_dict(),
+            "source_iteration": info.iteration,
+            "source_consumed_samples": info.consumed_samples,
+            "exact": options.exact,
+            "optimizer": "fresh",
+        },
+    )
+    return info.derive(step, shape=expansion.target, iteration=0, consumed_samples=0, stage=stage)
+
+
+def _world() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _sum_over_ranks(values: list[int]) -> list[int]:
+    rank, world = _world()
+    if world == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.int64)
+    torch.distributed.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def expand_checkpoint(
+    source: str | Path,
+    output: str | Path,
+    target: ModelShape,
+    options: ExpandOptions,
+    *,
+    stage: str | None = None,
+    plan: str | None = None,
+    force: bool = False,
+    on_piece: Callable[[Piece, int, int], None] | None = None,
+) -> ExpandResult:
+    """Expand the checkpoint at `source` into `target`, writing `output` atomically.
+
+    Collective when torch.distributed is initialised (every rank calls it; each writes its share).
+    `stage` (plan stage or size name) and `plan` (plan file) are recorded in the lineage;
+    `on_piece(piece, done, total)` is called after each piece this rank produces (progress).
+    """
+    start = time.perf_counter()
+    source, output = Path(source), Path(output)
+    reader, info = open_source(source)
+    check_paths(source, output, force)
+    expansion = ExpansionPlan.for_checkpoint(reader, info.shape, target, options)
+    new_info = target_info(info, expansion, source, stage, plan)
+    rank, world = _world()
+    mine = expansion.assign(world)[rank]
+    cache = SourceCache(reader)
+    done = 0
+
+    def produce(piece: Piece) -> torch.Tensor:
+        nonlocal done
+        tensor = expansion.build(piece, cache)
+        done += 1
+        if on_piece is not None:
+            on_piece(piece, done, len(mine))
+        return tensor
+
+    with atomic_directory(output, force=force, what="output") as tmp, warnings.catch_warnings():
+        # DCP warns that a write without a process group is single-process: that is intended
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        write_checkpoint(
+            tmp,
+            mine,
+            produce,
+            common={COMMON_KEY: new_info.to_dict()},
+            objects=expansion.objects(),
+            distributed=world > 1,
+        )
+    cache.clear()
+    bytes_read, pieces = _sum_over_ranks([reader.bytes_read, len(mine)])
+    return ExpandResult(
+        output=output,
+        source=info,
+        target=new_info,
+        options=options,
+        bytes_read=bytes_read,
+        bytes_written=expansion.bytes_written(),
+        pieces=pieces,
+        ranks=world,
+        seconds=time.perf_counter() - start,
+        notes=notes_for(options, info.shape),
+    )
