@@ -26,6 +26,9 @@ app = typer.Typer(
 )
 
 # ---- subcommands (each job registers itself below) ----
+from grow_cli.expansion.cli import expand_command  # noqa: E402
+
+app.command("expand")(expand_command)
 from grow_cli.planning.cli import plan_command  # noqa: E402
 
 app.command("plan")(plan_command)
