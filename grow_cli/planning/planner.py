@@ -44,6 +44,10 @@ class PlanRequest:
 
     def validate(self) -> None:
         """Reject impossible inputs with one-line errors before any arithmetic."""
+        if not self.sizes:
+            raise GrowError("the series is empty; give --max or --sizes")
+        if self.tokens_per_param <= 0:
+            raise GrowError(f"tokens per parameter must be positive, got {self.tokens_per_param}")
         check_convention(self.flops_convention)
         check_mfu(self.mfu)
         gpu_spec(self.gpu)
@@ -82,7 +86,7 @@ class PlanTotals:
 
 
 def build_plan(request: PlanRequest) -> Plan:
-    """The full series plan for `request` (which must name at least one size)."""
+    """The full series plan for `request` (validated first: user mistakes raise GrowError)."""
     request.validate()
     layout = request.layout
     members = resolve_series(
