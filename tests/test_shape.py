@@ -120,3 +120,13 @@ def test_resolve_shape_prefers_presets_unless_told():
     name, nominal, shape = resolve_shape("4b", tp=2, use_presets=False)
     assert (name, nominal) == ("4B", 4e9) and shape.layout_problems(tp=2) == []
     assert resolve_shape("350M")[0] == "350M"
+
+
+def test_gqa_groups_needed_for_growth():
+    from grow_cli.shape import gqa_groups_needed
+
+    source = ModelShape(hidden=3200, ffn=11200, layers=27, heads=25, kv_groups=5, head_dim=128)
+    assert gqa_groups_needed(source, heads=32, kv_groups=8) == 10  # growth-math: infeasible
+    assert gqa_groups_needed(source, heads=32, kv_groups=16) == 5  # feasible
+    assert gqa_groups_needed(PRESETS["4B"], heads=32, kv_groups=32) == 25  # MHA always fits
+    assert gqa_groups_needed(source, heads=50, kv_groups=5) == 5  # wider groups hold a source group

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 from grow_cli.errors import GrowError
-from grow_cli.shape import ModelShape, resolve_shape
+from grow_cli.shape import ModelShape, gqa_groups_needed, resolve_shape
 from grow_cli.units import parse_count, parse_multiplier, size_name
 
 DEFAULT_STAGES = 4
@@ -120,8 +120,8 @@ class SeriesMember:
 def growth_problems(source: ModelShape, target: ModelShape) -> list[str]:
     """Why `source` cannot be expanded into `target` by width/depth growth (empty if it can).
 
-    Growth copies whole heads of a fixed head dim and never removes units; with GQA each
-    target KV group must copy one source group: G·ceil((H/G) / (H'/G')) <= G'.
+    Growth copies whole heads of a fixed head dim and never removes units; with GQA the target
+    needs `gqa_groups_needed` KV groups.
     """
     problems = []
     for field in ("hidden", "ffn", "layers", "heads", "kv_groups"):
@@ -131,8 +131,7 @@ def growth_problems(source: ModelShape, target: ModelShape) -> list[str]:
         if getattr(target, field) != getattr(source, field):
             problems.append(f"{field} changes {getattr(source, field)} -> {getattr(target, field)}")
     if not problems:
-        per_group, target_per_group = source.heads // source.kv_groups, target.heads // target.kv_groups
-        needed = source.kv_groups * math.ceil(per_group / target_per_group)
+        needed = gqa_groups_needed(source, target.heads, target.kv_groups)
         if needed > target.kv_groups:
             problems.append(f"GQA growth needs at least {needed} KV groups, the target has {target.kv_groups}")
     return problems
