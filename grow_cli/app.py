@@ -26,6 +26,9 @@ app = typer.Typer(
 )
 
 # ---- subcommands (each job registers itself below) ----
+from grow_cli.evaluation.cli import EPILOG as EVAL_EPILOG, eval_command  # noqa: E402
+
+app.command("eval", epilog=EVAL_EPILOG)(eval_command)
 from grow_cli.expansion.cli import expand_command  # noqa: E402
 
 app.command("expand")(expand_command)

@@ -1,0 +1,141 @@
+"""`grow eval`: perplexity, zero-shot tasks and layer-wise convergence diagnostics of checkpoints.
+
+No torch or megatron at module scope: the command imports them when it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from grow_cli.errors import GrowError
+
+EPILOG = (
+    "Examples:\n\n"
+    "  grow eval ckpt/2B --data data/shakespeare --json\n\n"
+    "  grow eval ckpt/1B ckpt/2B-growth ckpt/2B-scratch --data data/fw --tasks all --task-data tasks/ "
+    "--markdown results.md --plots figs/\n\n"
+    "  torchrun --nproc-per-node 8 -m grow_cli eval ckpt/8B --tp 8 --tasks all --task-data tasks/\n\n"
+    "Task data formats: docs/evaluation.md."
+)
+
+
+def eval_command(
+    checkpoints: Annotated[list[Path] | None, typer.Argument(help="torch_dist checkpoint directories (a series: several).", show_default=False)] = None,
+    data: Annotated[str | None, typer.Option(help="Prepared data prefix (grow data prepare): its _valid split is evaluated.")] = None,
+    text: Annotated[list[str] | None, typer.Option(help="Text file(s) to evaluate instead of --data, one document each (repeatable).")] = None,
+    tokenizer: Annotated[str, typer.Option(help="Tokenizer for --text and tasks (with --data the data's own is used).")] = "gpt2",
+    tokenizer_file: Annotated[str | None, typer.Option(help="GPT-2 BPE ranks file (gpt2.tiktoken) for offline use.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Evaluate at most this many predicted tokens of the validation text.")] = None,
+    tasks: Annotated[str | None, typer.Option(help="Zero-shot lm-eval tasks, comma separated, or `all`: wikitext, lambada_openai, arc_easy, arc_challenge, winogrande, piqa, openbookqa, hellaswag.")] = None,
+    task_data: Annotated[Path | None, typer.Option(help="Directory with one local file per task: <task>.jsonl/.json/.parquet (the hub is never used).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Score at most this many rows per task.")] = None,
+    bootstrap_iters: Annotated[int, typer.Option(help="lm-eval bootstrap iterations for the stderr of perplexity-type metrics (0: no stderr at all).")] = 100000,
+    layers: Annotated[bool, typer.Option("--layers/--no-layers", help="Layer diagnostics: movement, C_model, logit lens, block influence, angular distance, PCA.")] = True,
+    diag_tokens: Annotated[int, typer.Option(help="Tokens of the validation text the layer diagnostics use.")] = 16384,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 8,
+    tp: Annotated[int, typer.Option(help="Tensor-parallel size (launch as many processes with torchrun).")] = 1,
+    dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), bf16 or fp32.")] = "auto",
+    lens_token_chunk: Annotated[int, typer.Option(help="Logit-lens tile: tokens per tile.")] = 512,
+    lens_vocab_chunk: Annotated[int, typer.Option(help="Logit-lens tile: vocabulary entries per tile.")] = 8192,
+    as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON on stdout (one checkpoint: its record; several: {\"models\": [...]}).")] = False,
+    markdown: Annotated[Path | None, typer.Option(help="Write the tables as markdown to this file.")] = None,
+    plots: Annotated[Path | None, typer.Option(help="Write PNG figures into this directory.")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing --markdown file or --plots directory.")] = False,
+) -> None:
+    """Evaluate checkpoints: validation perplexity and bits per byte, zero-shot accuracy through
+    lm-evaluation-harness, and layer diagnostics on the pre-norm residual stream (movement d_l,
+    C_model, logit lens, block influence, angular distance), as a series table."""
+    from grow_cli.checkpoint.atomic import check_output
+    from grow_cli.evaluation.command import EvalRequest, run_eval
+    from grow_cli.evaluation.runner import RunSettings
+
+    for value, flag in ((diag_tokens, "--diag-tokens"), (lens_token_chunk, "--lens-token-chunk"), (lens_vocab_chunk, "--lens-vocab-chunk")):
+        if value < 1:
+            raise GrowError(f"{flag} must be at least 1, got {value}")
+    if limit is not None and limit < 1:
+        raise GrowError(f"--limit must be at least 1, got {limit}")
+    if markdown is not None:
+        check_output(markdown, force, "markdown file")
+    if plots is not None:
+        check_output(plots, force, "plots directory")
+    request = EvalRequest(
+        checkpoints=tuple(checkpoints or ()),
+        data=data,
+        text=tuple(text or ()),
+        tokenizer=tokenizer,
+        tokenizer_file=tokenizer_file,
+        max_tokens=max_tokens,
+        tasks=tuple(t for t in (tasks or "").split(",") if t.strip()),
+        task_data=task_data,
+        tp=tp,
+        dtype=dtype,
+        settings=RunSettings(
+            batch_size=batch_size,
+            diagnostics=layers,
+            diag_tokens=diag_tokens,
+            token_chunk=lens_token_chunk,
+            vocab_chunk=lens_vocab_chunk,
+            limit=limit,
+            bootstrap_iters=bootstrap_iters,
+        ),
+    )
+    from rich.console import Console
+
+    stderr = Console(stderr=True)
+    progress_bar, factory = _progress(stderr)
+    with progress_bar:
+        reports = run_eval(request, factory)
+    if reports is None:  # not rank 0
+        return
+    _emit(reports, as_json, markdown, plots, force)
+
+
+def _progress(console):
+    """A rich progress display on stderr and the factory the evaluation uses to add bars."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=int(os.environ.get("RANK", "0")) != 0,
+    )
+
+    def factory(label: str, total: int):
+        task = bar.add_task(label, total=total)
+        return lambda n: bar.advance(task, n)
+
+    return bar, factory
+
+
+def _emit(reports, as_json: bool, markdown: Path | None, plots: Path | None, force: bool) -> None:
+    from rich.console import Console
+
+    from grow_cli.evaluation.report import tables, to_json, to_markdown, to_rich
+
+    rendered = tables(reports)
+    if as_json:
+        typer.echo(json.dumps(to_json(reports), indent=2))
+    else:
+        console = Console()
+        for table in rendered:
+            console.print(to_rich(table))
+    if markdown is not None:
+        temporary = markdown.with_name(f".{markdown.name}.partial-{os.getpid()}")
+        temporary.write_text("\n".join(to_markdown(t) for t in rendered))
+        os.replace(temporary, markdown)
+    if plots is not None:
+        from grow_cli.checkpoint.atomic import atomic_directory
+        from grow_cli.evaluation.plots import write_plots
+
+        with atomic_directory(plots, force=force, what="plots directory") as directory:
+            write_plots(reports, [], directory)

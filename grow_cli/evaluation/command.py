@@ -1,0 +1,138 @@
+"""`grow eval` end to end: check every input, evaluate each checkpoint, write the outputs.
+
+Everything a user can get wrong (checkpoint paths, data, tokenizer/vocab mismatch, task files,
+existing outputs) is checked before the first model is built, so a bad invocation fails in
+seconds with one line. Under torchrun every rank runs this; rank 0 alone prints and writes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from grow_cli.errors import GrowError
+from grow_cli.evaluation.runner import ModelReport, Progress, RunSettings
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """What `grow eval` was asked to do, validated (see the command's --help)."""
+
+    checkpoints: tuple[Path, ...]
+    data: str | None = None
+    text: tuple[str, ...] = ()
+    tokenizer: str = "gpt2"
+    tokenizer_file: str | None = None
+    max_tokens: int | None = None
+    tasks: tuple[str, ...] = ()
+    task_data: Path | None = None
+    tp: int = 1
+    dtype: str = "auto"
+    settings: RunSettings = field(default_factory=RunSettings)
+    runs: tuple[Path, ...] = ()  # training run directories whose metrics.jsonl feed the loss plot
+
+
+def check_request(request: EvalRequest) -> None:
+    """The checks that need no torch: inputs exist and make sense."""
+    from grow_cli.checkpoint.metadata import read_info
+    from grow_cli.checkpoint.tensors import validate_checkpoint
+
+    if not request.checkpoints:
+        raise GrowError("no checkpoint to evaluate: pass CHECKPOINT paths or --plan PLAN --runs PATTERN")
+    if request.data and request.text:
+        raise GrowError("pass either --data PREFIX or --text FILES, not both")
+    if not (request.data or request.text or request.tasks):
+        raise GrowError("nothing to evaluate: pass --data PREFIX or --text FILES (perplexity, layer diagnostics) and/or --tasks")
+    if request.max_tokens is not None and request.max_tokens < 1:
+        raise GrowError(f"--max-tokens must be at least 1, got {request.max_tokens}")
+    if request.settings.batch_size < 1:
+        raise GrowError(f"--batch-size must be at least 1, got {request.settings.batch_size}")
+    if request.dtype not in ("auto", "fp32", "bf16"):
+        raise GrowError(f"--dtype must be auto, fp32 or bf16, got {request.dtype}")
+    if request.task_data is not None and not request.task_data.is_dir():
+        raise GrowError(f"--task-data {request.task_data} is not a directory")
+    for path in request.checkpoints:
+        read_info(validate_checkpoint(path))
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+
+
+def _load_text(request: EvalRequest, tokenizer):
+    from grow_cli.evaluation.text import load_prepared_valid, load_text_files
+
+    if request.data:
+        return load_prepared_valid(request.data, request.max_tokens, request.tokenizer_file)
+    if request.text:
+        return load_text_files(list(request.text), tokenizer, request.max_tokens)
+    return None
+
+
+def run_eval(request: EvalRequest, progress: Progress | None = None) -> list[ModelReport] | None:
+    """Evaluate every checkpoint; returns the reports on rank 0 (None on other ranks)."""
+    # Task data is local: never wait on the hub. Progress is ours (rich): silence the tqdm bars of
+    # lm-eval and datasets (tqdm reads TQDM_DISABLE when it is first imported, so set it first).
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        os.environ.setdefault(name, "1")
+    check_request(request)
+    from grow_cli.checkpoint.metadata import read_info
+    from grow_cli.data.tokenizer import load_tokenizer
+    from grow_cli.evaluation.tasks import parse_tasks, prepare_task_configs
+    from grow_cli.evaluation.text import check_vocab
+
+    text = _load_text(request, None if request.data else load_tokenizer(request.tokenizer, request.tokenizer_file))
+    tokenizer = text.tokenizer if text is not None else load_tokenizer(request.tokenizer, request.tokenizer_file)
+    infos = [read_info(path) for path in request.checkpoints]
+    for path, info in zip(request.checkpoints, infos):
+        if text is not None:
+            check_vocab(text, info.shape.vocab, str(path))
+        elif tokenizer.vocab_size != info.shape.vocab:
+            raise GrowError(
+                f"tokenizer {tokenizer.name} has vocab {tokenizer.vocab_size} but checkpoint {path} has vocab "
+                f"{info.shape.vocab}: pass the model's --tokenizer"
+            )
+        info.shape.check_layout(request.tp, 1, name=str(path))
+    specs = parse_tasks(",".join(request.tasks)) if request.tasks else []
+    with tempfile.TemporaryDirectory(prefix="grow-eval-tasks-") as scratch:
+        configs = prepare_task_configs(specs, request.task_data, Path(scratch)) if specs else []
+        return _evaluate_all(request, text, tokenizer, specs, configs, progress)
+
+
+def _evaluate_all(request, text, tokenizer, specs, configs, progress) -> list[ModelReport] | None:
+    import torch
+
+    from grow_cli.evaluation.forward import load_eval_model
+    from grow_cli.evaluation.runner import evaluate_checkpoint
+    from grow_cli.runtime.distributed import init_distributed, shutdown
+
+    runtime = init_distributed(tp=request.tp)
+    if runtime.world_size != request.tp:
+        shutdown()
+        raise GrowError(
+            f"grow eval runs one model replica: launch {request.tp} process(es) for --tp {request.tp}, "
+            f"not {runtime.world_size}"
+        )
+    dtype = _torch_dtype(request.dtype)
+    reports = []
+    try:
+        for path in request.checkpoints:
+            model = load_eval_model(path, runtime, dtype)
+            reports.append(
+                evaluate_checkpoint(
+                    model, tokenizer, text, request.max_tokens, specs, configs, request.settings,
+                    progress if runtime.is_main else None,
+                )
+            )
+            del model
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    finally:
+        shutdown()
+    return reports if runtime.is_main else None

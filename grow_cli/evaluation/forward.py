@@ -1,0 +1,127 @@
+"""Run a checkpoint's megatron GPTModel for evaluation: logits and the residual stream.
+
+Every metric of `grow eval` comes from this one forward. The model is megatron-core's own
+GPTModel loaded from the torch_dist checkpoint at the requested tensor-parallel degree; logits
+are gathered across TP ranks (`runtime_gather_output`) so every rank sees the full vocabulary.
+
+Layer diagnostics need the PRE-NORM residual stream: the output of the embedding (h_{-1}) and of
+every decoder layer, before the final RMSNorm mixes in. Forward hooks on `model.embedding` and on
+each `TransformerLayer` capture exactly those tensors ([s, b, h] in megatron) during the same
+forward that produces the logits; `states[i]` is the input of layer i, `states[L]` the input of
+the final norm.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+from grow_cli.checkpoint.metadata import CheckpointInfo
+from grow_cli.errors import GrowError
+from grow_cli.runtime.distributed import Runtime
+
+
+@dataclass
+class ForwardOutput:
+    """One forward pass: `logits` [b, s, V_pad] (float32, full vocabulary) and, when captured,
+    `states` [L + 1, b, s, h] (the residual stream; index 0 is the embedding output)."""
+
+    logits: torch.Tensor
+    states: torch.Tensor | None = None
+
+
+class EvalModel:
+    """A loaded checkpoint ready for evaluation forwards (no gradients, eval mode)."""
+
+    def __init__(self, model, info: CheckpointInfo, runtime: Runtime, path: Path):
+        self.model = model.eval()
+        self.info = info
+        self.runtime = runtime
+        self.path = path
+
+    @property
+    def shape(self):
+        return self.info.shape
+
+    @property
+    def num_layers(self) -> int:
+        return self.info.shape.layers
+
+    @property
+    def seq_len(self) -> int:
+        return self.info.shape.seq_len
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
+
+    @property
+    def tp(self) -> int:
+        return self.runtime.layout.tp
+
+    @torch.no_grad()
+    def forward(self, tokens: torch.Tensor, capture_states: bool = False) -> ForwardOutput:
+        """Logits (and optionally the residual stream) for `tokens` [b, s] (s <= seq_len)."""
+        if tokens.size(1) > self.seq_len:
+            raise ValueError(f"sequence of {tokens.size(1)} tokens exceeds the model's seq_len {self.seq_len}")
+        tokens = tokens.to(self.device)
+        positions = torch.arange(tokens.size(1), device=self.device).unsqueeze(0).expand_as(tokens)
+        captured: list[torch.Tensor] = []
+        with self._capture(captured) if capture_states else _nothing():
+            logits = self.model(tokens, positions, None, runtime_gather_output=True)
+        states = None
+        if capture_states:
+            # [s, b, h] each -> [L + 1, b, s, h]
+            states = torch.stack([state.transpose(0, 1) for state in captured])
+        return ForwardOutput(logits=logits.float(), states=states)
+
+    @contextmanager
+    def _capture(self, sink: list[torch.Tensor]):
+        def keep(_module, _inputs, output):
+            sink.append((output[0] if isinstance(output, tuple) else output).detach())
+
+        handles = [self.model.embedding.register_forward_hook(keep)]
+        handles += [layer.register_forward_hook(keep) for layer in self.model.decoder.layers]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @torch.no_grad()
+    def final_norm(self, states: torch.Tensor) -> torch.Tensor:
+        """The model's final RMSNorm applied to residual-stream states [..., h]."""
+        return self.model.decoder.final_layernorm(states)
+
+    @cached_property
+    def output_weight(self) -> torch.Tensor:
+        """W_U, the full [V_pad, h] LM head (gathered across TP ranks once and cached)."""
+        model = self.model
+        tied = model.share_embeddings_and_output_weights
+        weight = (model.shared_embedding_or_output_weight() if tied else model.output_layer.weight).detach()
+        if self.tp == 1:
+            return weight
+        from megatron.core import parallel_state
+
+        pieces = [torch.empty_like(weight) for _ in range(self.tp)]
+        torch.distributed.all_gather(pieces, weight.contiguous(), group=parallel_state.get_tensor_model_parallel_group())
+        return torch.cat(pieces, dim=0)
+
+
+@contextmanager
+def _nothing():
+    yield
+
+
+def load_eval_model(path: str | Path, runtime: Runtime, dtype: torch.dtype) -> EvalModel:
+    """Build this rank's GPTModel for the checkpoint's shape at `runtime`'s layout and load it."""
+    from grow_cli.checkpoint.model_io import model_from_checkpoint
+
+    if runtime.layout.pp != 1:
+        raise GrowError("grow eval runs at pipeline-parallel size 1; use --tp to split a large model")
+    model, info = model_from_checkpoint(path, runtime.layout, dtype=dtype)
+    return EvalModel(model, info, runtime, Path(path))
