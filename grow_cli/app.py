@@ -26,18 +26,15 @@ app = typer.Typer(
 )
 
 # ---- subcommands (each job registers itself below) ----
-from grow_cli.training.cli import register as register_training  # noqa: E402
-
-register_training(app)
-from grow_cli.expansion.cli import expand_command  # noqa: E402
-
-app.command("expand")(expand_command)
-from grow_cli.evaluation.cli import EPILOG as EVAL_EPILOG, eval_command  # noqa: E402
-
-app.command("eval", epilog=EVAL_EPILOG)(eval_command)
 from grow_cli.interop.cli import register as register_interop  # noqa: E402
 
 register_interop(app)
+from grow_cli.evaluation.cli import EPILOG as EVAL_EPILOG, eval_command  # noqa: E402
+
+app.command("eval", epilog=EVAL_EPILOG)(eval_command)
+from grow_cli.expansion.cli import expand_command  # noqa: E402
+
+app.command("expand")(expand_command)
 from grow_cli.planning.cli import plan_command  # noqa: E402
 
 app.command("plan")(plan_command)
