@@ -341,6 +341,11 @@ def test_user_mistakes_are_one_line_errors(hf_imported, saved, work, tmp_path):
 
     _assert_refused(["export", str(source), "--out", str(out)], out, "not a torch_dist checkpoint")
 
+    before = sorted(p.name for p in source.iterdir())
+    proc = run_grow(["import", str(source), "--out", str(source.parent), "--force"])
+    assert proc.returncode == 2 and "overlaps the input" in proc.stderr
+    assert sorted(p.name for p in source.iterdir()) == before
+
     existing = work / "mha_untied_hf"
     before = sorted(p.name for p in existing.iterdir())
     proc = run_grow(["export", str(saved["mha_untied"]), "--out", str(existing), "--tokenizer", "none"])

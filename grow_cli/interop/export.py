@@ -101,6 +101,13 @@ def _load_tokenizer(name: str | None, shape: ModelShape):
     return tokenizer
 
 
+def check_not_input(out: Path, source: Path) -> None:
+    """Refuse an output that is, contains or lies inside the input (--force would destroy the input)."""
+    out, source = out.resolve(), source.resolve()
+    if out == source or source in out.parents or out in source.parents:
+        raise GrowError(f"output {out} overlaps the input {source}; write the result somewhere else")
+
+
 def _compatibility_warnings(shape: ModelShape) -> list[str]:
     if shape.hidden % shape.heads:
         return [
@@ -130,6 +137,7 @@ def export_checkpoint(
     if dtype not in EXPORT_DTYPES:
         raise GrowError(f"unknown export dtype {dtype!r}; choose one of {', '.join(EXPORT_DTYPES)}")
     checkpoint, out = Path(checkpoint), Path(out)
+    check_not_input(out, checkpoint)
     reader = CheckpointReader(checkpoint)
     info: CheckpointInfo = read_info(checkpoint)
     shape = info.shape

@@ -32,7 +32,7 @@ from grow_cli.checkpoint.atomic import atomic_directory, check_output
 from grow_cli.checkpoint.metadata import COMMON_KEY, CheckpointInfo, LineageStep
 from grow_cli.checkpoint.tensors import Piece, layer_piece, whole, write_checkpoint
 from grow_cli.errors import GrowError
-from grow_cli.interop.export import GROW_RECORD
+from grow_cli.interop.export import GROW_RECORD, check_not_input
 from grow_cli.interop.hf_config import config_dtype, shape_from_llama_config
 from grow_cli.interop.mapping import GLOBAL_MAP, HF_OUTPUT, VOCAB_KEYS, hf_tensors, hf_to_megatron_layer
 from grow_cli.interop.safetensors_io import SafetensorsDir
@@ -154,6 +154,7 @@ def import_llama(
     """
     start = time.monotonic()
     source, out = Path(source), Path(out)
+    check_not_input(out, source)
     config = read_config(source)
     shape = shape_from_llama_config(config, f"{source}/config.json")
     if dtype is not None and dtype not in IMPORT_DTYPES:

@@ -123,8 +123,6 @@ def write_tokenizer_files(tokenizer, out_dir: str | Path, max_length: int) -> li
     in GPT-2's own Hugging Face release; `max_length` is the model's context length. The chat
     template only matters once the model is fine-tuned on conversations (TRL, vLLM's chat API).
     """
-    if tokenizer.name != "gpt2":
-        raise GrowError(f"tokenizer files can be written for gpt2 only, not {tokenizer.name}; pass --tokenizer none")
     out_dir = Path(out_dir)
     encoding = tokenizer.encoding
     bpe = byte_level_bpe(encoding)
