@@ -26,6 +26,9 @@ app = typer.Typer(
 )
 
 # ---- subcommands (each job registers itself below) ----
+from grow_cli.training.cli import register as register_training  # noqa: E402
+
+register_training(app)
 from grow_cli.interop.cli import register as register_interop  # noqa: E402
 
 register_interop(app)

@@ -23,18 +23,20 @@ def save_model_checkpoint(
     *,
     extra_state: dict | None = None,
     force: bool = False,
+    sharded_strategy=None,
 ) -> Path:
     """Write `model` (and any `extra_state`: optimizer, scheduler, RNG...) to `path` atomically.
 
     `extra_state` entries that are megatron ShardedBase objects become tensors of the checkpoint;
-    plain values land in `common.pt` beside the grow record.
+    plain values land in `common.pt` beside the grow record. `sharded_strategy` is a megatron
+    save strategy (default: torch_dist), e.g. one that spreads the writes over DP replicas.
     """
     from megatron.core import dist_checkpointing
 
     state = {"model": model.sharded_state_dict(), COMMON_KEY: info.to_dict()}
     state.update(extra_state or {})
     with atomic_directory(path, force=force, what="checkpoint") as tmp:
-        dist_checkpointing.save(state, str(tmp))
+        dist_checkpointing.save(state, str(tmp), sharded_strategy=sharded_strategy)
     return Path(path)
 
 
@@ -56,6 +58,11 @@ def load_model_weights(model, path: str | Path, *, expect_shape=None, strict: bo
     loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(path))
     model.load_state_dict(loaded["model"], strict=strict)
     return info
+
+
+def same_architecture(a, b) -> bool:
+    """Whether two ModelShapes have the same tensors (they may differ in sequence length)."""
+    return _architecture(a) == _architecture(b)
 
 
 def _architecture(shape) -> tuple:

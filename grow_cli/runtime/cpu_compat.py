@@ -5,6 +5,8 @@ CUDA, `activate()` makes the few CUDA-only calls megatron makes land on the CPU:
 
 * a `TorchFunctionMode` rewrites `device="cuda"` / integer devices / `Tensor.cuda()` to CPU
   (default causal mask, pipeline token counters, DDP buffers, optimizer overflow flags, rotary);
+* `Tensor.type()` (no argument) names CPU tensors as their CUDA twins ("torch.cuda.FloatTensor"):
+  megatron's mixed-precision and distributed optimizers dispatch on that string;
 * `torch.cuda.current_device()` answers `"cpu"`, `synchronize`/`empty_cache` become no-ops;
 * the CUDA RNG tracker stores CPU generator states, so `model_parallel_cuda_manual_seed`,
   `fork()` and checkpointed RNG states work.
@@ -35,11 +37,20 @@ class _CudaToCpu(TorchFunctionMode):
         kwargs = dict(kwargs or {})
         if func is torch.Tensor.cuda:
             return args[0]
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            return _cuda_type_name(func(args[0]))
         if "device" in kwargs:
             kwargs["device"] = _to_cpu_device(kwargs["device"])
         if func is torch.Tensor.to and len(args) > 1 and not isinstance(args[1], (torch.dtype, torch.Tensor)):
             args = (args[0], _to_cpu_device(args[1]), *args[2:])
         return func(*args, **kwargs)
+
+
+def _cuda_type_name(name: str) -> str:
+    """'torch.FloatTensor' -> 'torch.cuda.FloatTensor' (sparse/quantized names unchanged)."""
+    if name.startswith("torch.") and name.endswith("Tensor") and name.count(".") == 1:
+        return "torch.cuda." + name[len("torch."):]
+    return name
 
 
 def _cpu_rng_state(*_args, **_kwargs) -> torch.Tensor:

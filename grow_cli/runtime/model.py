@@ -85,6 +85,9 @@ def transformer_config(
         calculate_per_token_loss=True,
         recompute_granularity=recompute,
         recompute_modules=["core_attn"] if recompute == "selective" else None,
+        # full: every layer's input is kept and the layer recomputed (Megatron-LM's usual setting)
+        recompute_method="uniform" if recompute == "full" else None,
+        recompute_num_layers=1 if recompute == "full" else None,
         deallocate_pipeline_outputs=True,
     )
 

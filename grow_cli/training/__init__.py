@@ -1,0 +1,12 @@
+"""`grow pretrain`: the training engine on megatron-core, and how to launch it (torchrun, SLURM).
+
+The loop is megatron-core used as a library (GPTModel -> Float16Module -> DDP -> Megatron
+optimizer -> OptimizerParamScheduler, the pipeline schedules for the forward/backward pass).
+What is trained is an `Objective` (objective.py): the LM cross-entropy here, the
+self-distillation loss of `grow distill` next, through the same loop.
+
+Modules: config (resolved run settings), objective (what a step optimises), engine (model,
+optimizer and one train/eval step), schedule (optimizer and LR schedule settings), data (the
+batches of a run), checkpointing (train state on disk, resume, retention), metrics (jsonl,
+TensorBoard, console), signals (pre-emption), loop (the run), slurm (sbatch scripts), cli.
+"""

@@ -1,0 +1,398 @@
+"""The settings of one training run, resolved once from the plan file and the flags.
+
+`PretrainOptions` is what the user typed (None = not given). `resolve_config` turns it into a
+`TrainConfig` in which every value is decided: the shape, the layout, the batch, the number of
+iterations, the learning-rate schedule, the intervals. All user mistakes are caught here, before
+any process group exists or any file is written, so a bad invocation fails with one line and
+touches nothing. Every rank resolves the same config from the same inputs. No torch import:
+resolution is instant.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from grow_cli.errors import GrowError
+from grow_cli.shape import DEFAULT_SEQ_LEN, ModelShape
+
+DTYPES = ("bf16", "fp32")
+RECOMPUTE = ("none", "selective", "full")
+DEFAULT_LR = 3.0e-4  # the reference method's from-scratch rate (spec §1)
+DEFAULT_GLOBAL_BATCH = 32
+DEFAULT_MICRO_BATCH = 1
+
+
+@dataclass(frozen=True)
+class PretrainOptions:
+    """The flags of `grow pretrain` as given; None means "take it from the plan or the default"."""
+
+    data: str
+    out: str
+    plan: str | None = None
+    stage: str | None = None
+    size: str | None = None
+    hidden: int | None = None
+    ffn: int | None = None
+    layers: int | None = None
+    heads: int | None = None
+    kv_groups: int | None = None
+    head_dim: int | None = None
+    seq_len: int | None = None
+    tp: int | None = None
+    pp: int | None = None
+    iters: int | None = None
+    tokens: str | None = None
+    lr: float | None = None
+    min_lr: float | None = None
+    warmup_iters: int | None = None
+    weight_decay: float = 0.1
+    clip_grad: float = 1.0
+    global_batch: int | None = None
+    micro_batch: int | None = None
+    init: str | None = None
+    resume: bool = True
+    attention: str = "sdpa"
+    dtype: str | None = None
+    seed: int = 1234
+    log_interval: int = 10
+    eval_interval: int = 1000
+    eval_iters: int = 10
+    save_interval: int = 1000
+    keep_last: int = 2
+    exit_interval: int | None = None
+    sequence_parallel: bool | None = None
+    distributed_optimizer: bool = True
+    recompute: str = "none"
+    peak_tflops: float | None = None
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """What is built: the shape, its name, and how it computes."""
+
+    shape: ModelShape
+    name: str  # the plan stage name ("2B") or the --size name
+    nominal_params: float  # what the name says; the shape's non-embedding count without one
+    attention: str = "sdpa"
+    dtype: str = "fp32"
+    recompute: str = "none"
+
+
+@dataclass(frozen=True)
+class ParallelSettings:
+    tp: int = 1
+    pp: int = 1
+    dp: int = 1
+    sequence_parallel: bool = False
+    distributed_optimizer: bool = True
+
+    @property
+    def world_size(self) -> int:
+        return self.tp * self.pp * self.dp
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """AdamW with Megatron's defaults for LLM pretraining, warmup then cosine decay to min_lr."""
+
+    lr: float
+    min_lr: float
+    warmup_iters: int
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    clip_grad: float = 1.0
+    decay_style: str = "cosine"
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """Sequences per optimizer step, per forward pass, and the number of steps."""
+
+    global_batch: int
+    micro_batch: int
+    train_iters: int
+
+    def microbatches(self, dp: int) -> int:
+        """Forward/backward passes per step on each data-parallel rank."""
+        return self.global_batch // (self.micro_batch * dp)
+
+
+@dataclass(frozen=True)
+class IntervalSettings:
+    """How often the loop logs, validates and saves (in iterations)."""
+
+    log: int = 10
+    eval: int = 1000
+    eval_iters: int = 10
+    save: int = 1000
+    keep_last: int = 2
+    exit: int | None = None  # stop (with a checkpoint) when the iteration is a multiple of this
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelSettings
+    parallel: ParallelSettings
+    optimizer: OptimizerSettings
+    batch: BatchSettings
+    intervals: IntervalSettings
+    data: str  # absolute data prefix
+    out: Path
+    seed: int = 1234
+    init: str | None = None  # checkpoint whose weights start the run
+    resume: bool = True
+    stage: str | None = None  # plan stage name
+    plan: str | None = None
+    peak_tflops: float | None = None  # per device, for MFU; None: detect
+    quiet: bool = False
+
+    @property
+    def shape(self) -> ModelShape:
+        return self.model.shape
+
+    @property
+    def tokens_per_iter(self) -> int:
+        return self.batch.global_batch * self.shape.seq_len
+
+    def identity(self) -> dict:
+        """What makes two invocations the same run (resumable from each other's checkpoints).
+
+        The layout (TP/PP/DP), micro batch, intervals and attention kernel may change between
+        restarts; the model, the data order and the optimisation trajectory may not.
+        """
+        return {
+            "shape": self.shape.to_dict(),
+            "stage": self.stage or self.model.name,
+            "data": self.data,
+            "seed": self.seed,
+            "init": self.init,
+            "dtype": self.model.dtype,
+            "distributed_optimizer": self.parallel.distributed_optimizer,
+            "global_batch": self.batch.global_batch,
+            "train_iters": self.batch.train_iters,
+            "optimizer": asdict(self.optimizer),
+        }
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["model"]["shape"] = self.shape.to_dict()
+        data["out"] = str(self.out)
+        return data
+
+
+# ---- resolution ------------------------------------------------------------------------------
+def world_size_from_env() -> int:
+    """The launcher's world size (torchrun/srun set WORLD_SIZE); 1 for a plain call."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise GrowError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer") from None
+
+
+def _positive(name: str, value: int | float | None) -> None:
+    if value is not None and value <= 0:
+        raise GrowError(f"{name} must be positive, got {value}")
+
+
+def _shape_from_flags(options: PretrainOptions, vocab: int, tp: int, pp: int) -> tuple[str, float, ModelShape]:
+    """--size NAME (preset or auto-shaped) or explicit --hidden/--ffn/--layers/--heads."""
+    from grow_cli.shape import resolve_shape
+    from grow_cli.units import format_count
+
+    seq_len = options.seq_len or DEFAULT_SEQ_LEN
+    explicit = {k: getattr(options, k) for k in ("hidden", "ffn", "layers", "heads")}
+    if options.size is not None:
+        if any(v is not None for v in explicit.values()):
+            raise GrowError("give either --size or the shape flags (--hidden --ffn --layers --heads), not both")
+        name, nominal, shape = resolve_shape(options.size, tp=tp, pp=pp, vocab=vocab, seq_len=seq_len)
+        changes = {k: getattr(options, k) for k in ("kv_groups", "head_dim") if getattr(options, k) is not None}
+        return name, nominal, shape.with_(**changes) if changes else shape
+    missing = [f"--{k}" for k, v in explicit.items() if v is None]
+    if missing:
+        raise GrowError(
+            f"no model: give --plan PLAN --stage N, or --size (e.g. 2M), or all of --hidden --ffn --layers --heads "
+            f"(missing {' '.join(missing)})"
+        )
+    heads = explicit["heads"]
+    head_dim = options.head_dim or (explicit["hidden"] // heads)
+    shape = ModelShape(
+        hidden=explicit["hidden"],
+        ffn=explicit["ffn"],
+        layers=explicit["layers"],
+        heads=heads,
+        kv_groups=options.kv_groups or heads,
+        head_dim=head_dim,
+        vocab=vocab,
+        seq_len=seq_len,
+    )
+    nominal = float(shape.param_counts().nonembedding)
+    return format_count(nominal), nominal, shape
+
+
+def _iterations(options: PretrainOptions, stage, global_batch: int, seq_len: int) -> int:
+    from grow_cli.planning.planfile import iterations_for
+    from grow_cli.units import parse_count
+
+    if options.iters is not None and options.tokens is not None:
+        raise GrowError("give --iters or --tokens, not both")
+    if options.iters is not None:
+        _positive("--iters", options.iters)
+        return options.iters
+    if options.tokens is not None:
+        return iterations_for(parse_count(options.tokens, "--tokens"), global_batch, seq_len)
+    if stage is not None:
+        return iterations_for(stage.tokens_incremental, global_batch, seq_len)
+    raise GrowError("how long to train? give --iters N or --tokens N (e.g. 2B), or a --plan stage")
+
+
+def _warmup(options: PretrainOptions, stage, train_iters: int) -> int:
+    """--warmup-iters, else the plan's warmup scaled to this run's length, else 1% of it."""
+    if options.warmup_iters is not None:
+        if not 0 <= options.warmup_iters < train_iters:
+            raise GrowError(f"--warmup-iters {options.warmup_iters} must be in [0, {train_iters}) (the run's iterations)")
+        return options.warmup_iters
+    if stage is not None:
+        planned = stage.warmup_iters
+        if stage.train_iters and train_iters != stage.train_iters:
+            planned = round(planned * train_iters / stage.train_iters)
+        return min(planned, train_iters - 1)
+    return train_iters // 100
+
+
+def resolve_config(
+    options: PretrainOptions, *, world_size: int | None = None, cuda: bool | None = None, here: bool = True
+) -> TrainConfig:
+    """Decide every setting of the run; raise GrowError (one line) on any inconsistency.
+
+    `world_size`/`cuda` default to this launch; `grow slurm` passes the allocation's and
+    `here=False` (the job will run elsewhere: do not check what is installed on this machine).
+    """
+    from grow_cli.data.info import read_data_info
+
+    world_size = world_size_from_env() if world_size is None else world_size
+    if cuda is None:
+        cuda = _cuda_available()
+    for name in ("tp", "pp", "seq_len", "global_batch", "micro_batch", "lr", "log_interval", "eval_interval",
+                 "eval_iters", "save_interval", "keep_last", "exit_interval", "peak_tflops"):
+        _positive(f"--{name.replace('_', '-')}", getattr(options, name))
+    if options.min_lr is not None and options.min_lr < 0:
+        raise GrowError(f"--min-lr must be >= 0, got {options.min_lr}")
+    if options.dtype is not None and options.dtype not in DTYPES:
+        raise GrowError(f"--dtype {options.dtype!r}: choose one of {', '.join(DTYPES)}")
+    if options.recompute not in RECOMPUTE:
+        raise GrowError(f"--recompute {options.recompute!r}: choose one of {', '.join(RECOMPUTE)}")
+    from grow_cli.runtime.model import ATTENTION_BACKENDS, have_transformer_engine
+
+    if options.attention not in ATTENTION_BACKENDS:
+        raise GrowError(f"--attention {options.attention!r}: choose one of {', '.join(ATTENTION_BACKENDS)}")
+    if here and options.attention == "te" and not have_transformer_engine():
+        raise GrowError("--attention te needs Transformer Engine, which is not installed; use --attention sdpa")
+
+    data = read_data_info(options.data)
+    if data.train.tokens == 0:
+        raise GrowError(f"data {data.prefix} holds no training tokens; prepare it from a non-empty corpus")
+
+    stage = None
+    if options.plan is not None:
+        from grow_cli.planning.planfile import load_plan
+
+        if options.stage is None:
+            raise GrowError("--plan needs --stage (a stage number or name, e.g. --stage 1 or --stage 2B)")
+        if options.size is not None or options.hidden is not None:
+            raise GrowError("the shape comes from --plan; drop --size/--hidden/... or drop --plan")
+        stage = load_plan(options.plan).stage(options.stage)
+    elif options.stage is not None:
+        raise GrowError("--stage needs --plan PLAN")
+
+    tp = options.tp or (stage.layout.tp if stage else 1)
+    pp = options.pp or (stage.layout.pp if stage else 1)
+    if stage is not None:
+        shape, name, nominal = stage.shape, stage.name, stage.nominal_params
+        if options.seq_len is not None and options.seq_len != shape.seq_len:
+            shape = shape.with_(seq_len=options.seq_len)
+    else:
+        name, nominal, shape = _shape_from_flags(options, data.vocab_size, tp, pp)
+    data.check_vocab(shape.vocab)
+    shape.check_layout(tp, pp, name=f"model {name}")
+    if world_size % (tp * pp):
+        raise GrowError(
+            f"world size {world_size} is not divisible by TP x PP = {tp} x {pp}; "
+            f"launch a multiple of {tp * pp} processes or change --tp/--pp"
+        )
+    dp = world_size // (tp * pp)
+
+    global_batch = options.global_batch or (stage.global_batch if stage else DEFAULT_GLOBAL_BATCH)
+    micro_batch = options.micro_batch or (stage.micro_batch if stage else DEFAULT_MICRO_BATCH)
+    if global_batch % (micro_batch * dp):
+        raise GrowError(
+            f"global batch {global_batch} is not a multiple of micro batch {micro_batch} x DP {dp}; "
+            f"change --global-batch or --micro-batch"
+        )
+    train_iters = _iterations(options, stage, global_batch, shape.seq_len)
+    lr = options.lr or (stage.lr if stage else DEFAULT_LR)
+    min_lr = options.min_lr if options.min_lr is not None else (stage.min_lr if stage else lr / 10)
+    if min_lr > lr:
+        raise GrowError(f"--min-lr {min_lr} is above the learning rate {lr}")
+    warmup = _warmup(options, stage, train_iters)
+
+    init = None
+    if options.init is not None:
+        init = str(Path(options.init).expanduser().resolve())
+        check_init_checkpoint(init, shape)
+
+    dtype = options.dtype or ("bf16" if cuda else "fp32")
+    # megatron's local layer spec (sdpa/local attention) uses torch norms, which cannot run
+    # sequence parallel; Transformer Engine's spec can.
+    if options.sequence_parallel and tp > 1 and options.attention != "te":
+        raise GrowError(
+            "--sequence-parallel needs --attention te (Transformer Engine layers): megatron's local "
+            "layers use torch norms, which do not support it; drop --sequence-parallel"
+        )
+    if options.sequence_parallel is not None:
+        sequence_parallel = options.sequence_parallel
+    else:
+        sequence_parallel = tp > 1 and cuda and options.attention == "te"
+    return TrainConfig(
+        model=ModelSettings(shape, name, float(nominal), options.attention, dtype, options.recompute),
+        parallel=ParallelSettings(tp, pp, dp, bool(sequence_parallel and tp > 1), options.distributed_optimizer),
+        optimizer=OptimizerSettings(lr, min_lr, warmup, options.weight_decay, clip_grad=options.clip_grad),
+        batch=BatchSettings(global_batch, micro_batch, train_iters),
+        intervals=IntervalSettings(
+            options.log_interval, options.eval_interval, options.eval_iters, options.save_interval,
+            options.keep_last, options.exit_interval,
+        ),
+        data=data.prefix,
+        out=Path(options.out).expanduser().resolve(),
+        seed=options.seed,
+        init=init,
+        resume=options.resume,
+        stage=stage.name if stage else None,
+        plan=str(Path(options.plan).resolve()) if options.plan else None,
+        peak_tflops=options.peak_tflops,
+        quiet=options.quiet,
+    )
+
+
+def check_init_checkpoint(path: str, shape: ModelShape) -> None:
+    """--init must be a complete grow checkpoint of exactly this architecture."""
+    from grow_cli.checkpoint.metadata import read_info
+    from grow_cli.checkpoint.model_io import same_architecture
+    from grow_cli.checkpoint.tensors import validate_checkpoint
+
+    info = read_info(validate_checkpoint(path))
+    if not same_architecture(info.shape, shape):
+        raise GrowError(
+            f"--init {path} has shape {info.shape.describe()} but this stage is {shape.describe()}; "
+            "expand it to this stage's size first (grow expand) or pick the matching stage"
+        )
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -1,0 +1,317 @@
+"""One training run, start to finish: resume, step, log, validate, checkpoint, stop.
+
+`pretrain(config, objective)` is the whole of `grow pretrain` below the CLI and the only entry
+point other commands need (`grow distill` passes its own Objective). It runs on every rank of a
+torchrun/srun launch; ranks agree on every decision (stop, save, evaluate) because the decisions
+depend only on the iteration counter and on collective flags.
+
+Per iteration: one optimizer step on the next global batch, then (in this order) the log line
+every `--log-interval`, validation every `--eval-interval` on the same `--eval-iters` global
+batches of the validation split, and a checkpoint every `--save-interval`, at the end, at
+`--exit-interval`, or when a stop signal arrived. Validation and checkpoint time are not counted
+in the throughput.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from grow_cli.training.checkpointing import (
+    SUMMARY_FILE,
+    TrainState,
+    check_run_directory,
+    initial_info,
+    load_train_checkpoint,
+    save_train_checkpoint,
+    write_json_atomic,
+    write_run_record,
+)
+from grow_cli.training.config import TrainConfig
+from grow_cli.training.metrics import (
+    FLOPS_CONVENTION,
+    IntervalAverage,
+    MetricsLog,
+    Position,
+    Throughput,
+    TrainRecord,
+    ValidRecord,
+    device_peak_flops,
+    model_flops_per_token,
+)
+from grow_cli.training.objective import LanguageModeling, Objective
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """How a run ended; printed by the CLI and written to DIR/summary.json by rank 0."""
+
+    status: str  # "completed", "preempted" (stop signal) or "stopped" (--exit-interval)
+    out: str
+    iteration: int
+    train_iters: int
+    consumed_samples: int
+    tokens: int
+    flops: float
+    flops_convention: str
+    loss: float | None
+    valid_loss: float | None
+    checkpoint: str | None
+    train_seconds: float
+    tokens_per_s: float | None
+    tflops_per_gpu: float | None
+    mfu: float | None
+    device: str
+    world_size: int
+    layout: dict
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def pretrain(config: TrainConfig, objective: Objective | None = None) -> TrainSummary:
+    """Train `config` on this process's rank; collective across the launch. Returns the summary."""
+    from grow_cli.runtime.distributed import init_distributed, shutdown
+
+    resume = check_run_directory(config)
+    parallel = config.parallel
+    runtime = init_distributed(parallel.tp, parallel.pp, seed=config.seed, sequence_parallel=parallel.sequence_parallel)
+    try:
+        if runtime.layout.dp != parallel.dp:
+            raise RuntimeError(f"resolved DP={parallel.dp} but the launch has DP={runtime.layout.dp}")
+        return _Run(config, runtime, objective or LanguageModeling(), resume).execute()
+    finally:
+        shutdown()
+
+
+class _Run:
+    def __init__(self, config: TrainConfig, runtime, objective: Objective, resume: Path | None):
+        self.config = config
+        self.runtime = runtime
+        self.objective = objective
+        self.resume = resume
+        self.primary = objective.metrics[0]
+        self.flops_per_token = model_flops_per_token(config)
+        self.device_name, self.peak = device_peak_flops(config.peak_tflops)
+        self.last_loss: float | None = None
+        self.valid_loss: float | None = None
+        self.last_eval: int | None = None
+        self.saved_at: int | None = None
+        self.saved_path: Path | None = None
+
+    # ---- setup ---------------------------------------------------------------------------
+    def _setup(self) -> None:
+        import torch
+        from megatron.core import parallel_state
+
+        from grow_cli.data.datasets import SampleBatches, build_datasets
+        from grow_cli.training.engine import Engine
+
+        config = self.config
+        if self.runtime.is_main:
+            write_run_record(config)
+        torch.distributed.barrier()
+        self.engine = Engine(config, self.runtime, self.objective, load_init=self.resume is None)
+        if self.resume is not None:
+            self.state, self.info = load_train_checkpoint(self.resume, self.engine)
+        else:
+            self.state, self.info = TrainState(), initial_info(config)
+        batch = config.batch
+        eval_iters = config.intervals.eval_iters
+        self.train_ds, self.valid_ds = build_datasets(
+            config.data,
+            config.shape.seq_len,
+            train_samples=batch.train_iters * batch.global_batch,
+            valid_samples=eval_iters * batch.global_batch,
+            seed=config.seed,
+        )
+        self.dp_rank = parallel_state.get_data_parallel_rank()
+        cuda = torch.cuda.is_available()
+        self._batches = lambda dataset, consumed: SampleBatches(
+            dataset,
+            batch.micro_batch,
+            dp_rank=self.dp_rank,
+            dp_size=config.parallel.dp,
+            consumed_samples=consumed,
+            num_workers=2 if cuda else 0,
+            pin_memory=cuda,
+        )
+        self.log = MetricsLog(config, self.runtime.is_main, self.state.iteration)
+
+    def _start_record(self) -> None:
+        config, state = self.config, self.state
+        layout = config.parallel
+        what = "resuming from " + self.resume.name if self.resume else (
+            f"initialised from {config.init}" if config.init else "from scratch"
+        )
+        message = (
+            f"pretrain {config.model.name} ({config.shape.describe()}) on {layout.world_size} x {self.device_name}: "
+            f"TP={layout.tp} PP={layout.pp} DP={layout.dp}, {config.batch.train_iters} iters x "
+            f"{config.batch.global_batch} x {config.shape.seq_len} tokens, {config.model.dtype}, "
+            f"lr {config.optimizer.lr:g} -> {config.optimizer.min_lr:g} (warmup {config.optimizer.warmup_iters}); {what}"
+        )
+        self.log.run(
+            {
+                "event": "resume" if self.resume else "start",
+                "iteration": state.iteration,
+                "checkpoint": str(self.resume) if self.resume else None,
+                "message": message,
+                "stage": config.stage or config.model.name,
+                "shape": config.shape.to_dict(),
+                "layout": {"tp": layout.tp, "pp": layout.pp, "dp": layout.dp},
+                "device": self.device_name,
+                "flops_convention": FLOPS_CONVENTION,
+                "flops_per_token": self.flops_per_token,
+                "tokens_per_iter": config.tokens_per_iter,
+                "train_iters": config.batch.train_iters,
+            }
+        )
+
+    # ---- the loop ------------------------------------------------------------------------
+    def execute(self) -> TrainSummary:
+        from grow_cli.training.signals import StopSignals
+
+        self._setup()
+        try:
+            self._start_record()
+            config = self.config
+            intervals = config.intervals
+            train_iters = config.batch.train_iters
+            batches = self._batches(self.train_ds, self.state.consumed_samples)
+            interval = IntervalAverage()
+            last = IntervalAverage()
+            status = "completed"
+            with StopSignals() as signals:
+                while self.state.iteration < train_iters:
+                    started = time.perf_counter()
+                    step = self.engine.train_step(batches)
+                    seconds = time.perf_counter() - started
+                    self._advance(seconds)
+                    interval.add(step, seconds)
+                    iteration = self.state.iteration
+                    self.log.step(iteration)
+                    if iteration % intervals.log == 0 or iteration == train_iters:
+                        self._log_train(interval)
+                        last, interval = interval, IntervalAverage()
+                    if intervals.eval and iteration % intervals.eval == 0:
+                        self._evaluate()
+                    stop = signals.requested(self.runtime.device)
+                    exit_now = intervals.exit is not None and iteration % intervals.exit == 0 and iteration < train_iters
+                    if stop or exit_now or iteration % intervals.save == 0 or iteration == train_iters:
+                        self._save()
+                    if stop:
+                        status = "preempted"
+                        self.log.note(f"received {signals.received.name if signals.received else 'a stop signal'}: stopped at iteration {iteration} after saving")
+                        break
+                    if exit_now:
+                        status = "stopped"
+                        self.log.note(f"--exit-interval {intervals.exit}: stopped at iteration {iteration} after saving")
+                        break
+            if status == "completed" and self.last_eval != self.state.iteration and self.state.iteration > 0:
+                self._evaluate()
+            if interval.steps:  # steps since the last log line (a stop between log points)
+                last = interval
+            return self._summary(status, last)
+        finally:
+            self.log.close()
+
+    def _advance(self, seconds: float) -> None:
+        state = self.state
+        self.state = replace(
+            state,
+            iteration=state.iteration + 1,
+            consumed_samples=state.consumed_samples + self.config.batch.global_batch,
+            flops=state.flops + self.flops_per_token * self.config.tokens_per_iter,
+            train_seconds=state.train_seconds + seconds,
+        )
+
+    def _position(self) -> Position:
+        state = self.state
+        return Position(state.iteration, state.consumed_samples, state.consumed_samples * self.config.shape.seq_len, state.flops)
+
+    def _throughput(self, interval: IntervalAverage) -> Throughput:
+        return Throughput.measure(
+            interval.steps * self.config.tokens_per_iter,
+            interval.seconds,
+            self.flops_per_token,
+            self.config.parallel.world_size,
+            self.peak,
+        )
+
+    def _log_train(self, interval: IntervalAverage) -> None:
+        from grow_cli.training.schedule import current_lr
+
+        losses = interval.mean_losses()
+        iter_time = interval.seconds / max(interval.steps, 1)
+        self.last_loss = losses.get(self.primary)
+        self.log.train(
+            TrainRecord(
+                position=self._position(),
+                loss=losses.get(self.primary, float("nan")),
+                losses=losses,
+                lr=current_lr(self.engine.optimizer),
+                grad_norm=interval.grad_norm,
+                skipped=interval.skipped,
+                iter_time_s=iter_time,
+                throughput=self._throughput(interval),
+                elapsed_s=self.state.train_seconds,
+                eta_s=(self.config.batch.train_iters - self.state.iteration) * iter_time,
+            )
+        )
+
+    def _evaluate(self) -> None:
+        if self.valid_ds is None or not self.config.intervals.eval_iters:
+            return
+        batches = self._batches(self.valid_ds, 0)
+        sums: dict[str, float] = {}
+        counts: dict[str, float] = {}
+        for _ in range(self.config.intervals.eval_iters):
+            step = self.engine.eval_step(batches)
+            for name in step.sums:
+                sums[name] = sums.get(name, 0.0) + step.sums[name]
+                counts[name] = counts.get(name, 0.0) + step.counts[name]
+        losses = {name: sums[name] / max(counts[name], 1.0) for name in sums}
+        self.valid_loss = losses[self.primary]
+        self.last_eval = self.state.iteration
+        self.log.valid(ValidRecord(self._position(), self.valid_loss, losses))
+
+    def _save(self) -> None:
+        if self.saved_at == self.state.iteration:
+            return
+        started = time.perf_counter()
+        path = save_train_checkpoint(self.config, self.engine, self.state, self.info)
+        self.saved_at = self.state.iteration
+        self.saved_path = path
+        self.log.note(f"saved checkpoint {path} ({time.perf_counter() - started:.1f} s)")
+
+    def _summary(self, status: str, last: IntervalAverage) -> TrainSummary:
+        import torch
+
+        config = self.config
+        throughput = self._throughput(last) if last.steps else None
+        checkpoint = self.saved_path or self.resume
+        summary = TrainSummary(
+            status=status,
+            out=str(config.out),
+            iteration=self.state.iteration,
+            train_iters=config.batch.train_iters,
+            consumed_samples=self.state.consumed_samples,
+            tokens=self.state.consumed_samples * config.shape.seq_len,
+            flops=self.state.flops,
+            flops_convention=FLOPS_CONVENTION,
+            loss=self.last_loss,
+            valid_loss=self.valid_loss,
+            checkpoint=str(checkpoint) if checkpoint else None,
+            train_seconds=self.state.train_seconds,
+            tokens_per_s=throughput.tokens_per_s if throughput else None,
+            tflops_per_gpu=throughput.tflops_per_device if throughput else None,
+            mfu=throughput.mfu if throughput else None,
+            device=self.device_name,
+            world_size=config.parallel.world_size,
+            layout={"tp": config.parallel.tp, "pp": config.parallel.pp, "dp": config.parallel.dp},
+        )
+        if self.runtime.is_main:
+            write_json_atomic(config.out / SUMMARY_FILE, summary.to_json())
+        torch.distributed.barrier()
+        return summary
