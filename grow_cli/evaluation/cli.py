@@ -50,6 +50,7 @@ def eval_command(
     """Evaluate checkpoints: validation perplexity and bits per byte, zero-shot accuracy through
     lm-evaluation-harness, and layer diagnostics on the pre-norm residual stream (movement d_l,
     C_model, logit lens, block influence, angular distance), as a series table."""
+    _quiet_environment()
     from grow_cli.checkpoint.atomic import check_output
     from grow_cli.evaluation.command import EvalRequest, run_eval
     from grow_cli.evaluation.runner import RunSettings
@@ -93,6 +94,14 @@ def eval_command(
     if reports is None:  # not rank 0
         return
     _emit(reports, as_json, markdown, plots, force)
+
+
+def _quiet_environment() -> None:
+    """Task data is local: never wait on the hub. Progress is ours (rich): switch off the tqdm bars
+    of lm-eval and datasets. Runs before torch/datasets/lm_eval are imported (tqdm reads
+    TQDM_DISABLE at import)."""
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        os.environ.setdefault(name, "1")
 
 
 def _progress(console):

@@ -77,10 +77,6 @@ def _load_text(request: EvalRequest, tokenizer):
 
 def run_eval(request: EvalRequest, progress: Progress | None = None) -> list[ModelReport] | None:
     """Evaluate every checkpoint; returns the reports on rank 0 (None on other ranks)."""
-    # Task data is local: never wait on the hub. Progress is ours (rich): silence the tqdm bars of
-    # lm-eval and datasets (tqdm reads TQDM_DISABLE when it is first imported, so set it first).
-    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
-        os.environ.setdefault(name, "1")
     check_request(request)
     from grow_cli.checkpoint.metadata import read_info
     from grow_cli.data.tokenizer import load_tokenizer

@@ -4,6 +4,12 @@ Every metric of `grow eval` comes from this one forward. The model is megatron-c
 GPTModel loaded from the torch_dist checkpoint at the requested tensor-parallel degree; logits
 are gathered across TP ranks (`runtime_gather_output`) so every rank sees the full vocabulary.
 
+Scores use the tokenizer's vocabulary only (ids < shape.vocab): megatron pads the output layer
+to a multiple of 128·TP, and those rows are no tokens. Loaded at a higher TP than it was saved
+with, a checkpoint gets extra zero-filled rows whose logits (0) would otherwise change every
+softmax with the TP degree; cutting them makes results identical at any TP and equal to what an
+exported Hugging Face model computes.
+
 Layer diagnostics need the PRE-NORM residual stream: the output of the embedding (h_{-1}) and of
 every decoder layer, before the final RMSNorm mixes in. Forward hooks on `model.embedding` and on
 each `TransformerLayer` capture exactly those tensors ([s, b, h] in megatron) during the same
@@ -27,8 +33,9 @@ from grow_cli.runtime.distributed import Runtime
 
 @dataclass
 class ForwardOutput:
-    """One forward pass: `logits` [b, s, V_pad] (float32, full vocabulary) and, when captured,
-    `states` [L + 1, b, s, h] (the residual stream; index 0 is the embedding output)."""
+    """One forward pass: `logits` [b, s, V] (float32, the tokenizer's vocabulary, gathered over TP)
+    and, when captured, `states` [L + 1, b, s, h] (the residual stream; index 0 is the embedding
+    output)."""
 
     logits: torch.Tensor
     states: torch.Tensor | None = None
@@ -77,7 +84,7 @@ class EvalModel:
         if capture_states:
             # [s, b, h] each -> [L + 1, b, s, h]
             states = torch.stack([state.transpose(0, 1) for state in captured])
-        return ForwardOutput(logits=logits.float(), states=states)
+        return ForwardOutput(logits=logits[..., : self.shape.vocab].float(), states=states)
 
     @contextmanager
     def _capture(self, sink: list[torch.Tensor]):
@@ -99,17 +106,17 @@ class EvalModel:
 
     @cached_property
     def output_weight(self) -> torch.Tensor:
-        """W_U, the full [V_pad, h] LM head (gathered across TP ranks once and cached)."""
+        """W_U, the [V, h] LM head over the tokenizer's vocabulary (gathered across TP ranks once)."""
         model = self.model
         tied = model.share_embeddings_and_output_weights
         weight = (model.shared_embedding_or_output_weight() if tied else model.output_layer.weight).detach()
-        if self.tp == 1:
-            return weight
-        from megatron.core import parallel_state
+        if self.tp > 1:
+            from megatron.core import parallel_state
 
-        pieces = [torch.empty_like(weight) for _ in range(self.tp)]
-        torch.distributed.all_gather(pieces, weight.contiguous(), group=parallel_state.get_tensor_model_parallel_group())
-        return torch.cat(pieces, dim=0)
+            pieces = [torch.empty_like(weight) for _ in range(self.tp)]
+            torch.distributed.all_gather(pieces, weight.contiguous(), group=parallel_state.get_tensor_model_parallel_group())
+            weight = torch.cat(pieces, dim=0)
+        return weight[: self.shape.vocab]
 
 
 @contextmanager

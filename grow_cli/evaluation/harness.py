@@ -76,6 +76,10 @@ class GrowLM(TemplateLM):
         return [self.prefix_token_id], tokens
 
     # ---- scoring -----------------------------------------------------------------------
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """TemplateLM's encoding, without its tqdm bar (progress comes through `progress`)."""
+        return super().loglikelihood(requests, disable_tqdm=True)
+
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         """requests: ((context, continuation) or None, context ids, continuation ids)."""
         pairs = [(list(context), list(continuation)) for _, context, continuation in requests]
@@ -149,7 +153,7 @@ class GrowLM(TemplateLM):
         for _ in range(max_new):
             window = (tokens + generated)[-self.max_length :]
             logits = self.model.forward(torch.tensor([window])).logits
-            next_token = int(logits[0, -1, : self.grow_tokenizer.vocab_size].argmax())
+            next_token = int(logits[0, -1].argmax())
             if next_token == self.eot_token_id:
                 break
             generated.append(next_token)

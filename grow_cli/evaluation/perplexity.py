@@ -5,8 +5,9 @@ Definitions (natural log throughout):
 * ppl = exp(loss)
 * bits_per_byte = Σ NLL / (ln 2 · Σ bytes of the predicted tokens' text)
 
-The softmax is over the model's whole (padded) output vocabulary, as in megatron's training
-cross-entropy, so `loss` here is the validation loss training reports on the same windows.
+The softmax is over the tokenizer's vocabulary (megatron's padding rows are no tokens, see
+forward.py): on the same windows this is megatron's training cross-entropy minus the padding
+rows' share of the softmax, which training drives to nothing.
 """
 
 from __future__ import annotations

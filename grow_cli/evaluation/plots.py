@@ -34,6 +34,13 @@ def _pyplot():
     return plt
 
 
+def _integer_ticks(*axes) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _label(report: ModelReport) -> str:
     return f"{report.name} {report.method}"
 
@@ -44,6 +51,7 @@ def plot_movement(reports: list[ModelReport], path: Path) -> Path:
     for report in reports:
         moves = report.geometry.movement
         ax.plot(range(len(moves)), moves, marker="o", markersize=3, label=f"{_label(report)} (C={report.geometry.convergence:.2f})")
+    _integer_ticks(ax)
     ax.set_xlabel("layer l")
     ax.set_ylabel("movement d_l = (1 - cos(h_{l-1}, h_l)) / 2")
     ax.set_title("Residual-stream movement per layer")
@@ -69,6 +77,7 @@ def plot_lens(reports: list[ModelReport], path: Path) -> Path:
                 linestyle="--",
                 label=f"{_label(report)} LAMBADA",
             )
+    _integer_ticks(left, right)
     left.set_yscale("log")
     left.set_xlabel("layer (-1 = embedding)")
     left.set_ylabel("logit-lens perplexity")
@@ -134,7 +143,7 @@ def write_plots(reports: list[ModelReport], curves: list[LossCurve], directory: 
         written.append(plot_lens(diagnosed, directory / "lens.png"))
         for report in diagnosed:
             if report.pca is not None:
-                safe = f"{report.name}_{report.method}".replace("/", "_").replace(" ", "_")
+                safe = f"{report.name}_{report.method}_it{report.info.iteration}".replace("/", "_").replace(" ", "_")
                 written.append(plot_pca(report, directory / f"pca_{safe}.png"))
     if curves:
         written.append(plot_loss_vs_flops(curves, directory / "loss_vs_flops.png"))

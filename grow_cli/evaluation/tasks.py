@@ -184,7 +184,9 @@ def prepare_task_configs(specs: list[TaskSpec], task_data: Path | None, director
 def run_tasks(lm, specs: list[TaskSpec], configs: list[Path], limit: int | None, bootstrap_iters: int) -> dict[str, TaskResult] | None:
     """lm_eval.simple_evaluate on the prepared configs, zero-shot; None on ranks lm-eval leaves
     without results (all but local rank 0 under TP)."""
+    import contextlib
     import logging
+    import sys
 
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -192,16 +194,17 @@ def run_tasks(lm, specs: list[TaskSpec], configs: list[Path], limit: int | None,
     # lm-eval narrates its config defaults at WARNING level; only its errors matter to our users
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     manager = TaskManager(include_defaults=False, include_path=str(configs[0].parent))
-    output = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=[str(path) for path in configs],
-        task_manager=manager,
-        num_fewshot=0,
-        limit=limit,
-        bootstrap_iters=bootstrap_iters,
-        log_samples=False,
-        cache_requests=False,
-    )
+    with contextlib.redirect_stdout(sys.stderr):  # lm-eval print()s progress notes; stdout may be --json
+        output = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=[str(path) for path in configs],
+            task_manager=manager,
+            num_fewshot=0,
+            limit=limit,
+            bootstrap_iters=bootstrap_iters,
+            log_samples=False,
+            cache_requests=False,
+        )
     if output is None:
         return None
     results = {}
