@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -175,6 +174,3 @@ class SafetensorsDir:
     def read_rows(self, name: str, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
         """Rows [start, stop) of a 2-D tensor; only those rows are copied out of the file."""
         return self._slice(name)[start:stop].to(dtype)
-
-    def nbytes(self) -> int:
-        return sum(math.prod(self.shape(n)) * self.dtype(n).itemsize for n in self._where)

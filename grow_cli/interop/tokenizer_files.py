@@ -83,10 +83,6 @@ class ByteLevelBPE:
     merges: list[tuple[str, str]]
     special_tokens: dict[str, int]
 
-    @property
-    def size(self) -> int:
-        return len(self.vocab) + len(self.special_tokens)
-
 
 def byte_level_bpe(encoding) -> ByteLevelBPE:
     """Vocab and merges of a tiktoken `Encoding` whose single bytes are ranks 0..255 (GPT-2's layout)."""
