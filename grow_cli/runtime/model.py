@@ -147,7 +147,7 @@ def build_gpt_model(
         post_process=post_process,
         share_embeddings_and_output_weights=shape.tied_embeddings,
         position_embedding_type="rope",
-        rotary_base=int(shape.rope_theta),
+        rotary_base=shape.rope_theta,  # float: imported models may use a non-integer base
     )
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
