@@ -16,6 +16,8 @@ from grow_cli.evaluation.diagnostics import StreamMeter, blocks_from_pairs, conv
 from conftest import REPO, run_grow, run_ranks
 
 SCRIPT = REPO / "tests" / "scripts" / "eval_reference.py"
+SCRATCH = "runs/L3/iter_0000030"  # as written by the script
+GROWTH = "runs/L4/iter_0000040"
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +107,7 @@ def test_per_layer_lambada_last_layer_equals_lm_eval(ref):
 
 def test_cli_json_on_prepared_data(ref):
     out, results = ref
-    proc = run_grow(["eval", str(out / "scratch"), "--data", str(out / "data" / "play"), "--json", "--batch-size", "16"])
+    proc = run_grow(["eval", str(out / SCRATCH), "--data", str(out / "data" / "play"), "--json", "--batch-size", "16"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads(proc.stdout)
     reference = results["perplexity"]["reference"]
@@ -123,21 +125,43 @@ def test_cli_json_on_prepared_data(ref):
 def test_cli_series_table_markdown_and_plots(ref):
     out, _ = ref
     markdown, plots = out / "series.md", out / "figs"
-    args = ["eval", str(out / "growth"), str(out / "scratch"), "--text", str(out / "valid.txt"), "--max-tokens", "300",
+    # a run directory stands for its newest checkpoint
+    args = ["eval", str(out / "runs" / "L4"), str(out / SCRATCH), "--text", str(out / "valid.txt"), "--max-tokens", "300",
             "--tasks", "arc_easy,lambada_openai", "--task-data", str(out / "tasks"), "--bootstrap-iters", "10",
             "--markdown", str(markdown), "--plots", str(plots), "--json"]
     proc = run_grow(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     models = json.loads(proc.stdout)["models"]
     assert [(m["name"], m["method"], m["layers"]) for m in models] == [("L3", "scratch", 3), ("L4", "growth", 4)]
+    # training cost: the run's own FLOPs, plus the FLOPs of the run the expansion read
+    assert (models[0]["train_flops_own"], models[0]["train_flops_inherited"]) == (30e9, 0.0)
+    assert (models[1]["train_flops_own"], models[1]["train_flops_inherited"]) == (80e9, 30e9)
     assert all(m["tokens"] == 300 and "acc_norm" in m["tasks"]["arc_easy"] for m in models)
     assert len(models[1]["lambada_by_layer"]) == 5
     text = markdown.read_text()
     assert "| L4 | growth |" in text and "ARC-e" in text and "LAMBADA acc %" in text
-    assert sorted(p.name for p in plots.iterdir()) == ["lens.png", "movement.png", "pca_L3_scratch_it30.png", "pca_L4_growth_it40.png"]
+    assert sorted(p.name for p in plots.iterdir()) == [
+        "lens.png", "loss_vs_flops.png", "movement.png", "pca_L3_scratch_it30.png", "pca_L4_growth_it40.png"
+    ]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in plots.iterdir())
     again = run_grow(args)  # outputs exist: refused without --force
     assert again.returncode == 2 and "--force" in again.stderr
+
+
+def test_cli_plan_and_run_patterns(ref, tmp_path):
+    out, results = ref
+    plan = tmp_path / "plan.yaml"
+    assert run_grow(["plan", "--sizes", "2M,4M", "--seq-len", "64", "--global-batch", "8", "--out", str(plan)]).returncode == 0
+    (tmp_path / "grow").mkdir()
+    (tmp_path / "grow" / "2M").symlink_to(out / "runs" / "L3")  # the plan's stage names, pointing at our runs
+    (tmp_path / "grow" / "4M").symlink_to(out / "runs" / "L4")
+    proc = run_grow(["eval", "--plan", str(plan), "--runs", str(tmp_path / "grow" / "{stage}"), "--runs", str(tmp_path / "none" / "{stage}"),
+                     "--text", str(out / "valid.txt"), "--no-layers", "--json"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    models = json.loads(proc.stdout)["models"]
+    assert [Path(m["checkpoint"]).name for m in models] == ["iter_0000030", "iter_0000040"]
+    _close(models[0]["loss"], results["perplexity"]["reference"]["loss"], 1e-6)
+    assert "movement" not in models[0]
 
 
 @pytest.mark.parametrize(
@@ -148,9 +172,9 @@ def test_cli_bad_inputs_fail_with_one_line(ref, case):
     out, _ = ref
     args = {
         "not_a_checkpoint": ["eval", str(out / "tasks"), "--text", str(out / "valid.txt")],
-        "task_without_data": ["eval", str(out / "scratch"), "--tasks", "piqa", "--task-data", str(out / "tasks")],
+        "task_without_data": ["eval", str(out / SCRATCH), "--tasks", "piqa", "--task-data", str(out / "tasks")],
         "vocab_mismatch": ["eval", str(out / "vocab1000"), "--data", str(out / "data" / "play")],
-        "empty_text": ["eval", str(out / "scratch"), "--text", str(out / "empty.txt")],
+        "empty_text": ["eval", str(out / SCRATCH), "--text", str(out / "empty.txt")],
     }[case]
     proc = run_grow(args, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -164,7 +188,7 @@ def test_cli_bad_inputs_fail_with_one_line(ref, case):
 @pytest.mark.slow
 def test_tensor_parallel_eval_matches_single_process(ref):
     out, results = ref
-    proc = run_grow(["eval", str(out / "scratch"), "--text", str(out / "valid.txt"), "--tp", "2", "--json",
+    proc = run_grow(["eval", str(out / SCRATCH), "--text", str(out / "valid.txt"), "--tp", "2", "--json",
                      "--tasks", "lambada_openai", "--task-data", str(out / "tasks"), "--bootstrap-iters", "10"], nproc=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads(proc.stdout)

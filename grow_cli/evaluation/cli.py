@@ -25,7 +25,9 @@ EPILOG = (
 
 
 def eval_command(
-    checkpoints: Annotated[list[Path] | None, typer.Argument(help="torch_dist checkpoint directories (a series: several).", show_default=False)] = None,
+    checkpoints: Annotated[list[Path] | None, typer.Argument(help="torch_dist checkpoint directories, or `grow pretrain` run directories (their newest checkpoint); several make a series.", show_default=False)] = None,
+    plan: Annotated[Path | None, typer.Option(help="Plan file (grow plan --out): evaluate the newest checkpoint of each stage's run, see --runs.")] = None,
+    runs: Annotated[list[str] | None, typer.Option(help="With --plan: run directory pattern with {stage} (e.g. 2B) or {index}; repeat for growth and scratch runs.")] = None,
     data: Annotated[str | None, typer.Option(help="Prepared data prefix (grow data prepare): its _valid split is evaluated.")] = None,
     text: Annotated[list[str] | None, typer.Option(help="Text file(s) to evaluate instead of --data, one document each (repeatable).")] = None,
     tokenizer: Annotated[str, typer.Option(help="Tokenizer for --text and tasks (with --data the data's own is used).")] = "gpt2",
@@ -64,8 +66,15 @@ def eval_command(
         check_output(markdown, force, "markdown file")
     if plots is not None:
         check_output(plots, force, "plots directory")
+    from grow_cli.evaluation.series import checkpoints_from_runs, resolve_checkpoint
+
+    paths = [resolve_checkpoint(path) for path in checkpoints or ()]
+    if plan is not None:
+        paths += checkpoints_from_runs(str(plan), list(runs or ()))
+    elif runs:
+        raise GrowError("--runs needs --plan PLAN (the stages to look for)")
     request = EvalRequest(
-        checkpoints=tuple(checkpoints or ()),
+        checkpoints=tuple(dict.fromkeys(paths)),
         data=data,
         text=tuple(text or ()),
         tokenizer=tokenizer,
@@ -147,4 +156,18 @@ def _emit(reports, as_json: bool, markdown: Path | None, plots: Path | None, for
         from grow_cli.evaluation.plots import write_plots
 
         with atomic_directory(plots, force=force, what="plots directory") as directory:
-            write_plots(reports, [], directory)
+            write_plots(reports, _loss_curves(reports), directory)
+
+
+def _loss_curves(reports):
+    """Validation loss against cumulative training FLOPs of every run whose metrics are on disk."""
+    from grow_cli.evaluation.plots import LossCurve
+    from grow_cli.evaluation.series import valid_curve
+
+    curves = []
+    for report in reports:
+        if report.cost is not None:
+            flops, loss = valid_curve(Path(report.checkpoint), report.cost)
+            if flops:
+                curves.append(LossCurve(name=report.name, method=report.method, flops=flops, loss=loss))
+    return curves

@@ -31,7 +31,6 @@ class EvalRequest:
     tp: int = 1
     dtype: str = "auto"
     settings: RunSettings = field(default_factory=RunSettings)
-    runs: tuple[Path, ...] = ()  # training run directories whose metrics.jsonl feed the loss plot
 
 
 def check_request(request: EvalRequest) -> None:

@@ -123,7 +123,7 @@ def plot_loss_vs_flops(curves: list[LossCurve], path: Path) -> Path:
         style = "-" if curve.method == "growth" else "--"
         ax.plot(curve.flops, curve.loss, linestyle=style, color=color, label=f"{curve.name} {curve.method}")
     ax.set_xscale("log")
-    ax.set_xlabel("cumulative training FLOPs")
+    ax.set_xlabel("cumulative training FLOPs, earlier stages included (metrics.jsonl: Megatron-LM convention)")
     ax.set_ylabel("validation loss")
     ax.set_title("Validation loss vs compute (solid: growth, dashed: scratch)")
     ax.grid(alpha=0.3, which="both")

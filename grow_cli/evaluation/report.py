@@ -47,7 +47,8 @@ def series_table(reports: list[ModelReport]) -> Table:
     task_names = [name for name in TASKS if any(name in r.tasks for r in reports)]
     has_ppl = any(r.perplexity for r in reports)
     has_geometry = any(r.geometry for r in reports)
-    columns = ["size", "method", "iter"]
+    has_cost = any(r.cost for r in reports)
+    columns = ["size", "method", "iter"] + (["train FLOPs"] if has_cost else [])
     if has_ppl:
         columns += ["Valid loss", "Valid PPL", "bits/byte"]
     if has_geometry:
@@ -56,6 +57,8 @@ def series_table(reports: list[ModelReport]) -> Table:
     rows = []
     for report in reports:
         row = [report.name, report.method, str(report.info.iteration)]
+        if has_cost:
+            row.append(_fmt(report.cost and report.cost.total, 3))
         if has_ppl:
             p = report.perplexity
             row += [_fmt(p and p.loss), _fmt(p and p.ppl), _fmt(p and p.bits_per_byte)]

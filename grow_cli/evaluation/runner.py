@@ -21,6 +21,7 @@ from grow_cli.evaluation.diagnostics import PCAView, StreamGeometry, StreamMeter
 from grow_cli.evaluation.forward import EvalModel
 from grow_cli.evaluation.lens import LastWordLayer, LensLayer, LogitLens, last_word_by_layer, lens_to_json
 from grow_cli.evaluation.perplexity import PerplexityMeter, PerplexityResult
+from grow_cli.evaluation.series import RunCost
 from grow_cli.evaluation.tasks import LAMBADA, TaskResult, TaskSpec
 from grow_cli.evaluation.text import EvalText, token_byte_lengths
 
@@ -54,6 +55,7 @@ class ModelReport:
     pca: PCAView | None = None
     lambada_layers: list[LastWordLayer] | None = None
     tasks: dict[str, TaskResult] = field(default_factory=dict)
+    cost: RunCost | None = None  # training FLOPs, when the run's metrics.jsonl are on disk
     seconds: float = 0.0
 
     @property
@@ -77,6 +79,8 @@ class ModelReport:
             "layers": shape.layers,
             "seconds": round(self.seconds, 2),
         }
+        if self.cost:
+            record.update(train_flops=self.cost.total, train_flops_own=self.cost.own_flops, train_flops_inherited=self.cost.inherited_flops)
         if self.perplexity:
             record.update(self.perplexity.to_json())
         if self.geometry:
@@ -157,10 +161,12 @@ def evaluate_checkpoint(
 ) -> ModelReport:
     """All requested measurements of one loaded checkpoint."""
     from grow_cli.evaluation.harness import GrowLM
+    from grow_cli.evaluation.series import training_cost
     from grow_cli.evaluation.tasks import run_tasks, task_requests
 
     started = time.perf_counter()
     report = ModelReport(checkpoint=str(model.path), info=model.info, method=method_of(model.info))
+    report.cost = training_cost(model.path, model.info)
     if text is not None:
         report.perplexity, report.geometry, report.lens, report.pca = validation_pass(model, text, max_tokens, settings, progress)
     if specs:

@@ -2,8 +2,11 @@
 
 Usage: eval_reference.py OUT_DIR   (plain python, one process)
 
-Writes under OUT_DIR: checkpoints `scratch` (3 layers), `growth` (4 layers, lineage with an
-expansion) and `vocab1000` (a vocabulary no GPT-2 data matches); `valid.txt` and `other.txt`
+Writes under OUT_DIR: two `grow pretrain`-style run directories, `runs/L3` (checkpoint
+`iter_0000030`, 3 layers, scratch) and `runs/L4` (`iter_0000040`, 4 layers, grown from L3's
+checkpoint: its lineage holds the expansion), each with a metrics.jsonl of validation records
+(FLOPs 1e9·iteration and 2e9·iteration); checkpoint `vocab1000` (a vocabulary no GPT-2 data
+matches); `valid.txt` and `other.txt`
 (Shakespeare excerpts), the prepared prefix `data/play` (valid split = valid.txt), task files under
 `tasks/`, and `results.json`: pairs {"ours": ..., "reference": ...} where "ours" comes from
 grow_cli.evaluation and "reference" from an independent path (megatron's own loss, a naive
@@ -55,7 +58,11 @@ def randomize(model, seed):
             param.copy_(1.0 + 0.3 * noise if ("layernorm" in name or "layer_norm" in name) else 0.2 * noise)
 
 
-def save(out, layers, seed, lineage, vocab=50257):
+SCRATCH = "runs/L3/iter_0000030"
+GROWTH = "runs/L4/iter_0000040"
+
+
+def save(out, layers, seed, lineage, vocab=50257, iteration=0):
     from grow_cli.checkpoint.metadata import CheckpointInfo
     from grow_cli.checkpoint.model_io import save_model_checkpoint
     from grow_cli.runtime.distributed import init_distributed
@@ -66,7 +73,17 @@ def save(out, layers, seed, lineage, vocab=50257):
     runtime = init_distributed()
     model = build_gpt_model(shape, runtime.layout)
     randomize(model, seed)
-    save_model_checkpoint(out, model, CheckpointInfo(shape=shape, iteration=10 * layers, stage=f"L{layers}", lineage=lineage))
+    save_model_checkpoint(out, model, CheckpointInfo(shape=shape, iteration=iteration, stage=f"L{layers}", lineage=lineage))
+
+
+def write_metrics(run, flops_per_iteration, iterations):
+    """metrics.jsonl the way `grow pretrain` writes it (run, train and valid records)."""
+    lines = [{"kind": "run", "event": "start", "iteration": 0}]
+    for iteration in iterations:
+        position = {"iteration": iteration, "consumed_samples": 8 * iteration, "tokens": 512 * iteration, "flops": flops_per_iteration * iteration}
+        lines.append({"kind": "train", **position, "loss": 10.0 - iteration / 20})
+        lines.append({"kind": "valid", **position, "loss": 10.5 - iteration / 20})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
 def write_inputs(out):
@@ -166,7 +183,7 @@ def compute(out):
     from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
     runtime = init_distributed()
-    model = load_eval_model(out / "scratch", runtime, torch.float32)
+    model = load_eval_model(out / SCRATCH, runtime, torch.float32)
     tokenizer = load_tokenizer("gpt2")
     results = {}
     arc_rows, lambada_rows = task_rows_for(model, tokenizer)
@@ -290,8 +307,11 @@ if __name__ == "__main__":
     from grow_cli.checkpoint.metadata import LineageStep
 
     out = Path(sys.argv[1])
-    save(out / "scratch", 3, 1, (LineageStep("pretrain"),))
-    save(out / "growth", 4, 2, (LineageStep("pretrain"), LineageStep("expand", source="scratch"), LineageStep("pretrain")))
+    save(out / SCRATCH, 3, 1, (LineageStep("pretrain"),), iteration=30)
+    expansion = LineageStep("expand", source=str(out / SCRATCH), details={"source_iteration": 30})
+    save(out / GROWTH, 4, 2, (LineageStep("pretrain"), expansion, LineageStep("pretrain")), iteration=40)
+    write_metrics(out / "runs" / "L3", 1e9, (10, 20, 30))
+    write_metrics(out / "runs" / "L4", 2e9, (20, 40))
     save(out / "vocab1000", 2, 3, (LineageStep("pretrain"),), vocab=1000)
     write_inputs(out)
     compute(out)

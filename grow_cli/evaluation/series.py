@@ -1,0 +1,127 @@
+"""A series of training runs: which checkpoints to evaluate and what each cost to train.
+
+`grow pretrain --out RUN` writes `RUN/iter_XXXXXXX/` checkpoints and `RUN/metrics.jsonl`, whose
+"valid" records carry the run's own cumulative model FLOPs (Megatron-LM's per-token convention)
+and validation loss. A grown stage started from an expanded checkpoint, so its true cost also
+includes every earlier stage: the lineage says which trained checkpoint each expansion read
+(`source`, `source_iteration`), and that run's metrics say how many FLOPs had been spent by then.
+Summing over the lineage puts growth and scratch curves on one compute axis (the reference
+method's "loss vs FLOPs" figure).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from grow_cli.checkpoint.metadata import CheckpointInfo
+from grow_cli.errors import GrowError
+
+METRICS_FILE = "metrics.jsonl"  # grow_cli.training.checkpointing.METRICS_FILE
+_CHECKPOINT_DIR = re.compile(r"^iter_\d+$")
+
+
+@dataclass(frozen=True)
+class RunCost:
+    """Training cost of a checkpoint: FLOPs of its own run up to it, plus its ancestors' FLOPs."""
+
+    own_flops: float
+    inherited_flops: float
+
+    @property
+    def total(self) -> float:
+        return self.own_flops + self.inherited_flops
+
+
+def run_directory(checkpoint: str | Path) -> Path | None:
+    """The `grow pretrain` run directory holding `checkpoint` (None for a standalone checkpoint)."""
+    path = Path(checkpoint)
+    if _CHECKPOINT_DIR.match(path.name) and (path.parent / METRICS_FILE).is_file():
+        return path.parent
+    return None
+
+
+def read_records(run: Path, kind: str) -> list[dict]:
+    """The `kind` records ("train", "valid") of a run's metrics.jsonl, in order."""
+    records = []
+    for line in (run / METRICS_FILE).read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut short by a killed job
+            continue
+        if record.get("kind") == kind:
+            records.append(record)
+    return records
+
+
+def flops_at(run: Path, iteration: int) -> float | None:
+    """The run's cumulative FLOPs at `iteration` (from the last record at or before it)."""
+    best = None
+    for kind in ("train", "valid"):
+        for record in read_records(run, kind):
+            if record.get("iteration", -1) <= iteration and (best is None or record["iteration"] >= best["iteration"]):
+                best = record
+    return None if best is None else float(best["flops"])
+
+
+def training_cost(checkpoint: Path, info: CheckpointInfo) -> RunCost | None:
+    """FLOPs spent to produce `checkpoint`; None when a run's metrics are not on disk."""
+    run = run_directory(checkpoint)
+    if run is None:
+        return None
+    own = flops_at(run, info.iteration)
+    if own is None:
+        return None
+    inherited = 0.0
+    for step in info.lineage:
+        if step.op != "expand":
+            continue
+        source_run = run_directory(step.source) if step.source else None
+        spent = flops_at(source_run, int(step.details.get("source_iteration", 0))) if source_run else None
+        if spent is None:
+            return None
+        inherited += spent
+    return RunCost(own_flops=own, inherited_flops=inherited)
+
+
+def valid_curve(checkpoint: Path, cost: RunCost) -> tuple[list[float], list[float]]:
+    """(cumulative FLOPs, validation loss) of the run that produced `checkpoint`, up to it."""
+    run = run_directory(checkpoint)
+    points = [(cost.inherited_flops + float(r["flops"]), float(r["loss"])) for r in read_records(run, "valid")]
+    limit = cost.total
+    points = [p for p in points if p[0] <= limit * (1 + 1e-9)]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def checkpoints_from_runs(plan_path: str, patterns: list[str]) -> list[Path]:
+    """The newest checkpoint of each run `pattern.format(stage=NAME, index=I)` over the plan's
+    stages; runs not (yet) on disk are skipped, none at all is an error."""
+    from grow_cli.planning.planfile import load_plan
+    from grow_cli.training.checkpointing import latest_checkpoint
+
+    plan = load_plan(plan_path)
+    if not patterns:
+        raise GrowError("--plan needs --runs PATTERN, e.g. --runs 'runs/{stage}' (one per method)")
+    found = []
+    for pattern in patterns:
+        if "{stage}" not in pattern and "{index}" not in pattern:
+            raise GrowError(f"--runs {pattern!r} names no stage: use {{stage}} (e.g. 2B) or {{index}} (1-based)")
+        for stage in plan.stages:
+            run = Path(pattern.format(stage=stage.name, index=stage.index))
+            checkpoint = latest_checkpoint(run)
+            if checkpoint is not None:
+                found.append(checkpoint)
+    if not found:
+        raise GrowError(f"no checkpoint found in any run of {', '.join(patterns)} for the stages of {plan_path}")
+    return found
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint directory as given, or the newest checkpoint of a `grow pretrain` run directory."""
+    if (path / "metadata.json").is_file():
+        return path
+    from grow_cli.training.checkpointing import latest_checkpoint
+
+    return latest_checkpoint(path) or path
