@@ -105,8 +105,11 @@ class ModelShape:
         tps = ", ".join(str(t) for t in self.feasible_tp(limit=max(8, tp)))
         message = f"{name} cannot run at TP={tp} PP={pp}: {'; '.join(problems)}. Feasible TP: {tps}"
         if any("TP" in p for p in problems):
-            near = nearest_shape_for_tp(self, tp)
-            message += f". A nearby shape that fits TP={tp}: {near.describe()}"
+            try:
+                near = nearest_shape_for_tp(self, tp)
+                message += f". A nearby shape that fits TP={tp}: {near.describe()}"
+            except GrowError:  # no suggestion (e.g. below the auto-shaper's range); the problem stands
+                pass
         raise GrowError(message)
 
     # ---- presentation -------------------------------------------------------------------
