@@ -105,7 +105,7 @@ class _Run:
         import torch
         from megatron.core import parallel_state
 
-        from grow_cli.data.datasets import SampleBatches, build_datasets
+        from grow_cli.data.datasets import build_datasets
         from grow_cli.training.engine import Engine
 
         config = self.config
@@ -127,17 +127,25 @@ class _Run:
             seed=config.seed,
         )
         self.dp_rank = parallel_state.get_data_parallel_rank()
+        self.start_iteration = self.state.iteration
+        self.log = MetricsLog(config, self.runtime.is_main, self.state.iteration)
+
+    def _sample_batches(self, dataset, consumed: int):
+        """This DP rank's micro-batches of `dataset` from global sample `consumed` on."""
+        import torch
+
+        from grow_cli.data.datasets import SampleBatches
+
         cuda = torch.cuda.is_available()
-        self._batches = lambda dataset, consumed: SampleBatches(
+        return SampleBatches(
             dataset,
-            batch.micro_batch,
+            self.config.batch.micro_batch,
             dp_rank=self.dp_rank,
-            dp_size=config.parallel.dp,
+            dp_size=self.config.parallel.dp,
             consumed_samples=consumed,
-            num_workers=2 if cuda else 0,
+            num_workers=2 if cuda else 0,  # prefetch only: the order does not depend on it
             pin_memory=cuda,
         )
-        self.log = MetricsLog(config, self.runtime.is_main, self.state.iteration)
 
     def _start_record(self) -> None:
         config, state = self.config, self.state
@@ -172,49 +180,52 @@ class _Run:
     def execute(self) -> TrainSummary:
         from grow_cli.training.signals import StopSignals
 
-        self._setup()
-        try:
-            self._start_record()
-            config = self.config
-            intervals = config.intervals
-            train_iters = config.batch.train_iters
-            batches = self._batches(self.train_ds, self.state.consumed_samples)
-            interval = IntervalAverage()
-            last = IntervalAverage()
-            status = "completed"
-            with StopSignals() as signals:
-                while self.state.iteration < train_iters:
-                    started = time.perf_counter()
-                    step = self.engine.train_step(batches)
-                    seconds = time.perf_counter() - started
-                    self._advance(seconds)
-                    interval.add(step, seconds)
-                    iteration = self.state.iteration
-                    self.log.step(iteration)
-                    if iteration % intervals.log == 0 or iteration == train_iters:
-                        self._log_train(interval)
-                        last, interval = interval, IntervalAverage()
-                    if intervals.eval and iteration % intervals.eval == 0:
-                        self._evaluate()
-                    stop = signals.requested(self.runtime.device)
-                    exit_now = intervals.exit is not None and iteration % intervals.exit == 0 and iteration < train_iters
-                    if stop or exit_now or iteration % intervals.save == 0 or iteration == train_iters:
-                        self._save()
-                    if stop:
-                        status = "preempted"
-                        self.log.note(f"received {signals.received.name if signals.received else 'a stop signal'}: stopped at iteration {iteration} after saving")
-                        break
-                    if exit_now:
-                        status = "stopped"
-                        self.log.note(f"--exit-interval {intervals.exit}: stopped at iteration {iteration} after saving")
-                        break
-            if status == "completed" and self.last_eval != self.state.iteration and self.state.iteration > 0:
+        with StopSignals() as signals:  # from the start: a signal during setup stops after one step
+            self._setup()
+            try:
+                self._start_record()
+                train_iters = self.config.batch.train_iters
+                if self.start_iteration >= train_iters:
+                    self.log.note(f"{self.config.out} already holds the finished run ({train_iters} iterations): nothing to do")
+                    return self._summary("completed", IntervalAverage())
+                status, last = self._train(signals)
+                if status == "completed" and self.last_eval != self.state.iteration:
+                    self._evaluate()
+                return self._summary(status, last)
+            finally:
+                self.log.close()
+
+    def _train(self, signals) -> tuple[str, IntervalAverage]:
+        """Steps until the end, an --exit-interval or a stop signal; returns (status, last interval)."""
+        intervals = self.config.intervals
+        train_iters = self.config.batch.train_iters
+        batches = self._sample_batches(self.train_ds, self.state.consumed_samples)
+        interval, last = IntervalAverage(), IntervalAverage()
+        while self.state.iteration < train_iters:
+            started = time.perf_counter()
+            step = self.engine.train_step(batches)
+            seconds = time.perf_counter() - started
+            self._advance(seconds)
+            interval.add(step, seconds)
+            iteration = self.state.iteration
+            self.log.step(iteration)
+            if iteration % intervals.log == 0 or iteration == train_iters:
+                self._log_train(interval)
+                last, interval = interval, IntervalAverage()
+            if iteration % intervals.eval == 0:
                 self._evaluate()
-            if interval.steps:  # steps since the last log line (a stop between log points)
-                last = interval
-            return self._summary(status, last)
-        finally:
-            self.log.close()
+            stop = signals.requested(self.runtime.device)
+            exit_now = intervals.exit is not None and iteration % intervals.exit == 0 and iteration < train_iters
+            if stop or exit_now or iteration % intervals.save == 0 or iteration == train_iters:
+                self._save()
+            if stop:
+                name = signals.received.name if signals.received else "a stop signal on another rank"
+                self.log.note(f"received {name}: saved and stopped at iteration {iteration}")
+                return "preempted", interval if interval.steps else last
+            if exit_now:
+                self.log.note(f"--exit-interval {intervals.exit}: saved and stopped at iteration {iteration}")
+                return "stopped", interval if interval.steps else last
+        return "completed", last
 
     def _advance(self, seconds: float) -> None:
         state = self.state
@@ -263,7 +274,7 @@ class _Run:
     def _evaluate(self) -> None:
         if self.valid_ds is None or not self.config.intervals.eval_iters:
             return
-        batches = self._batches(self.valid_ds, 0)
+        batches = self._sample_batches(self.valid_ds, 0)
         sums: dict[str, float] = {}
         counts: dict[str, float] = {}
         for _ in range(self.config.intervals.eval_iters):

@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from grow_cli.training.checkpointing import METRICS_FILE
 from grow_cli.training.config import TrainConfig
 
 FLOPS_CONVENTION = "megatron"
@@ -182,7 +183,7 @@ class MetricsLog:
             return
         from rich.console import Console
 
-        self.path = config.out / "metrics.jsonl"
+        self.path = config.out / METRICS_FILE
         truncate_records(self.path, start_iteration)
         self._file = self.path.open("a", buffering=1)
         from torch.utils.tensorboard import SummaryWriter
