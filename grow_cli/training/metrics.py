@@ -189,7 +189,7 @@ class MetricsLog:
         from torch.utils.tensorboard import SummaryWriter
 
         self._writer = SummaryWriter(
-            log_dir=str(config.out / "tensorboard"), purge_step=start_iteration + 1 if start_iteration else None
+            log_dir=str(config.out / "tensorboard"), purge_step=start_iteration + 1
         )
         self.console = Console(stderr=True)
         self.show_lines = not config.quiet
