@@ -1,16 +1,19 @@
 """The streaming expansion: read source pieces on demand, write target pieces as they are made.
 
-The target is written through `write_checkpoint`, whose planner asks for each piece only when the
-writer reaches it; `build` then fetches the one or two source layers of one tensor it needs (a
-two-entry cache serves AKI's layer l / l+1 pairs and consecutive layers). Nothing else is held,
-so peak memory is about one layer of one source tensor (two for AKI) plus one target piece,
-whatever the model size. Under torchrun each rank writes a contiguous share of the pieces into
-its own shard file; the maps come from the seed alone, so the bytes do not depend on the number
-of ranks. The output appears under its final name only when every rank is done.
+The target is written through `write_checkpoint`, whose planner asks for each piece (a row block
+of at most 32 MB of one layer of one tensor) only when the writer reaches it. A background
+thread builds the next piece while the writer writes the current one; `build` fetches the one
+or two source layers of one tensor it needs (a two-entry cache serves AKI's layer l / l+1 pairs
+and the row blocks of a layer). So peak memory is about two source layers of one tensor plus a
+few pieces, whatever the model size. Under torchrun each rank writes a contiguous share of the
+pieces into its own shard file; the maps come from the seed alone, so the bytes do not depend on
+the number of ranks. The output appears under its final name only when every rank is done.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 import warnings
 from collections import OrderedDict
@@ -25,6 +28,7 @@ from grow_cli.checkpoint.metadata import COMMON_KEY, CheckpointInfo, LineageStep
 from grow_cli.checkpoint.tensors import CheckpointReader, Piece, write_checkpoint
 from grow_cli.errors import GrowError
 from grow_cli.expansion.mapping import ExpandOptions, ExpansionPlan, SourceRead
+from grow_cli.expansion.target import check_growth
 from grow_cli.shape import ModelShape
 
 OPTIMIZER_POLICY = (
@@ -34,7 +38,8 @@ OPTIMIZER_POLICY = (
 
 
 class SourceCache:
-    """Fetches source tensors through a CheckpointReader, keeping the last `capacity` of them."""
+    """Fetches source tensors through a CheckpointReader, keeping the last `capacity` reads of
+    the tensor being grown (AKI's layers l and l+1); moving to another tensor drops the rest."""
 
     def __init__(self, reader: CheckpointReader, capacity: int = 2):
         self.reader = reader
@@ -45,6 +50,8 @@ class SourceCache:
         if read in self._items:
             self._items.move_to_end(read)
             return self._items[read]
+        for old in [r for r in self._items if r.key != read.key]:
+            del self._items[old]
         while len(self._items) >= self.capacity:
             self._items.popitem(last=False)
         if read.layer is None:
@@ -56,6 +63,52 @@ class SourceCache:
 
     def clear(self) -> None:
         self._items.clear()
+
+
+class Prefetcher:
+    """Builds pieces on a background thread, `depth` ahead of the writer, in the writer's order.
+
+    torch kernels and file writes release the GIL, so growing piece i+1 overlaps writing piece i;
+    memory grows by `depth` pieces. The writer must ask for the pieces in the order given
+    (DCP writes a single-file plan in plan order); anything else is a bug and raises.
+    """
+
+    def __init__(self, pieces: list[Piece], build: Callable[[Piece], torch.Tensor], depth: int = 1):
+        self._pieces = pieces
+        self._build = build
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="grow-expand-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for piece in self._pieces:
+                if not self._put((piece, self._build(piece))):
+                    return
+        except BaseException as error:  # handed to the writer's thread, which raises it
+            self._put((None, error))
+
+    def __call__(self, piece: Piece) -> torch.Tensor:
+        expected, value = self._queue.get()
+        if isinstance(value, BaseException):
+            raise value
+        if expected != piece:
+            raise RuntimeError(f"the checkpoint writer asked for {piece.key}@{piece.offsets}, expected {expected.key}@{expected.offsets}")
+        return value
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 @dataclass(frozen=True)
@@ -164,33 +217,40 @@ def expand_checkpoint(
     source, output = Path(source), Path(output)
     reader, info = open_source(source)
     check_paths(source, output, force)
+    check_growth(info.shape, target)
     expansion = ExpansionPlan.for_checkpoint(reader, info.shape, target, options)
     new_info = target_info(info, expansion, source, stage, plan)
     rank, world = _world()
     mine = expansion.assign(world)[rank]
     cache = SourceCache(reader)
     done = 0
+    prefetch: Prefetcher | None = None
 
     def produce(piece: Piece) -> torch.Tensor:
         nonlocal done
-        tensor = expansion.build(piece, cache)
+        tensor = prefetch(piece)
         done += 1
         if on_piece is not None:
             on_piece(piece, done, len(mine))
         return tensor
 
-    with atomic_directory(output, force=force, what="output") as tmp, warnings.catch_warnings():
-        # DCP warns that a write without a process group is single-process: that is intended
-        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        write_checkpoint(
-            tmp,
-            mine,
-            produce,
-            common={COMMON_KEY: new_info.to_dict()},
-            objects=expansion.objects(),
-            distributed=world > 1,
-        )
-    cache.clear()
+    try:
+        with atomic_directory(output, force=force, what="output") as tmp, warnings.catch_warnings():
+            # DCP warns that a write without a process group is single-process: that is intended
+            warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+            prefetch = Prefetcher(mine, lambda piece: expansion.build(piece, cache))
+            write_checkpoint(
+                tmp,
+                mine,
+                produce,
+                common={COMMON_KEY: new_info.to_dict()},
+                objects=expansion.objects(),
+                distributed=world > 1,
+            )
+    finally:
+        if prefetch is not None:
+            prefetch.close()
+        cache.clear()
     bytes_read, pieces = _sum_over_ranks([reader.bytes_read, len(mine)])
     return ExpandResult(
         output=output,

@@ -33,7 +33,7 @@ from grow_cli.checkpoint.layout import (
     split_qkv,
     tensor_specs,
 )
-from grow_cli.checkpoint.tensors import Piece, layer_piece
+from grow_cli.checkpoint.tensors import Piece
 from grow_cli.errors import GrowError
 from grow_cli.expansion.depth import DEPTH_METHODS, DepthMap, depth_map
 from grow_cli.expansion.gqa import HeadMaps, head_maps
@@ -42,7 +42,7 @@ from grow_cli.expansion.width import WIDTH_METHODS, Axis, ResidualRule, copy_axi
 from grow_cli.shape import ModelShape
 
 # Embedding / LM-head pieces hold about this many bytes (rows of the vocabulary).
-ROW_BLOCK_BYTES = 64 << 20
+ROW_BLOCK_BYTES = 32 << 20
 # Tensors whose rows are new output units: AKI takes new rows from the layer above.
 _AKI_KEYS = (QKV, PROJ, FC1, FC2)
 # Output projections that identity layers zero.
@@ -220,21 +220,27 @@ class ExpansionPlan:
         return tensor_specs(self.target, self.vocab_rows)
 
     def pieces(self) -> list[Piece]:
-        """Every target piece in write order: tensor by tensor, layer by layer (row blocks for
-        the vocabulary matrices), so the source cache only ever holds one tensor's layers."""
+        """Every target piece in write order: tensor by tensor, layer by layer, each matrix in
+        row blocks of at most ROW_BLOCK_BYTES (the vocabulary matrices first, while the writer
+        holds nothing else). The source cache then only holds one tensor's layers and every
+        piece in flight is small, whatever the model size."""
         pieces: list[Piece] = []
-        for spec in self._target_specs():
+        specs = self._target_specs()
+        for spec in sorted(specs, key=lambda s: s.key not in (EMBEDDING, OUTPUT)):
             dtype = self.dtypes[spec.key]
-            if spec.stacked:
-                pieces += [layer_piece(spec.key, spec.shape, layer, dtype) for layer in range(spec.shape[0])]
-            elif spec.key in (EMBEDDING, OUTPUT):
-                rows, cols = spec.shape
+            layers = range(spec.shape[0]) if spec.stacked else [None]
+            matrix = spec.shape[1:] if spec.stacked else spec.shape
+            for layer in layers:
+                lead = () if layer is None else (layer,)
+                lead_size = () if layer is None else (1,)
+                if len(matrix) == 1:
+                    pieces.append(Piece(spec.key, spec.shape, lead + (0,), lead_size + matrix, dtype))
+                    continue
+                rows, cols = matrix
                 block = max(1, ROW_BLOCK_BYTES // (cols * dtype.itemsize))
                 for start in range(0, rows, block):
                     size = min(block, rows - start)
-                    pieces.append(Piece(spec.key, spec.shape, (start, 0), (size, cols), dtype))
-            else:
-                pieces.append(Piece(spec.key, spec.shape, (0,) * len(spec.shape), spec.shape, dtype))
+                    pieces.append(Piece(spec.key, spec.shape, lead + (start, 0), lead_size + (size, cols), dtype))
         return pieces
 
     def reads(self, piece: Piece) -> list[SourceRead]:
@@ -261,9 +267,13 @@ class ExpansionPlan:
         if piece.key in (EMBEDDING, OUTPUT):
             start, size = piece.offsets[0], piece.sizes[0]
             return grow_tensor(source[start : start + size], None, cols, noise=noise, generator=generator)
+        if piece.key == FINAL_NORM:
+            return grow_tensor(source, rows)
         upper = fetch(reads[1]) if len(reads) > 1 else None
-        out = grow_tensor(source, rows, cols, upper=upper, noise=noise, generator=generator)
-        return out if piece.key == FINAL_NORM else out.unsqueeze(0)
+        if source.dim() == 2:  # a row block of one layer's matrix
+            start, size = piece.offsets[1], piece.sizes[1]
+            rows = rows.between(start, start + size)
+        return grow_tensor(source, rows, cols, upper=upper, noise=noise, generator=generator).unsqueeze(0)
 
     def assign(self, world: int) -> list[list[Piece]]:
         """Split the pieces over `world` ranks in contiguous runs of about equal bytes (contiguous,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -49,6 +50,29 @@ class Axis:
     @property
     def size(self) -> int:
         return int(self.index.numel())
+
+    def between(self, start: int, stop: int) -> "Axis":
+        """Target positions start..stop-1 of this axis (a row block of a piece)."""
+        return Axis(
+            self.index[start:stop],
+            None if self.scale is None else self.scale[start:stop],
+            None if self.new is None else self.new[start:stop],
+            self.groups,
+        )
+
+    @cached_property
+    def prefix(self) -> int:
+        """Length of the leading run with index[i] == i (old units in place)."""
+        moved = (self.index != torch.arange(self.size)).nonzero()
+        return int(moved[0]) if moved.numel() else self.size
+
+    @cached_property
+    def scaled(self) -> torch.Tensor | None:
+        """Positions whose scale is not 1 (None: none)."""
+        if self.scale is None:
+            return None
+        positions = (self.scale != 1).nonzero().squeeze(1)
+        return positions if positions.numel() else None
 
 
 def copy_axis(m: IndexMap) -> Axis:
@@ -115,6 +139,34 @@ def _zero_sum_noise(rows: int, axis: Axis, std: float, generator: torch.Generato
     return noise - mean.index_select(1, groups.tensor)
 
 
+def _gather_rows(w: torch.Tensor, rows: Axis | None, start: int, stop: int, upper: torch.Tensor | None) -> torch.Tensor:
+    """Rows `start:stop` of the target, before column growth: a view of `w` when they are a
+    contiguous run of source rows (old units in place), else a gather; AKI's new rows from `upper`."""
+    if rows is None:
+        return w[start:stop]
+    index = rows.index[start:stop]
+    first = int(index[0])
+    contiguous = bool((index == torch.arange(first, first + index.numel())).all())
+    part = w[first : first + index.numel()] if contiguous else w.index_select(0, index)
+    if upper is not None and rows.new is not None:
+        fresh = rows.new[start:stop].nonzero().squeeze(1)
+        if fresh.numel():
+            part = part.clone() if contiguous else part
+            part[fresh] = upper.index_select(0, index.index_select(0, fresh))
+    return part
+
+
+def _gather_cols(part: torch.Tensor, cols: Axis | None, out: torch.Tensor) -> None:
+    """`out[:] = part[:, cols.index]`, copying the in-place prefix instead of gathering it."""
+    if cols is None:
+        out.copy_(part)
+        return
+    p = cols.prefix
+    out[:, :p].copy_(part[:, :p])
+    if p < cols.size:
+        out[:, p:].copy_(part.index_select(1, cols.index[p:]))
+
+
 def grow_tensor(
     w: torch.Tensor,
     rows: Axis | None = None,
@@ -128,8 +180,11 @@ def grow_tensor(
 
     `upper` (AKI) is the same tensor of the layer above: rows marked new in `rows.new` are taken
     from it. `noise` (relative to the RMS of `w`) adds zero-sum noise across the copies of each
-    column unit (`cols.groups`); it needs a seeded `generator`. Scaling runs in fp32 (fp64 stays
-    fp64) on row blocks, so bf16 weights are rounded once and temporaries stay small.
+    column unit (`cols.groups`); it needs a seeded `generator`.
+
+    Works on row blocks so temporaries stay small. Old units sit in place, so most of a block is
+    a plain copy; only positions whose scale is not 1 go through fp32 (fp64 stays fp64), each
+    element rounded back once: `(w * row_scale) * col_scale`.
     """
     compute = torch.promote_types(w.dtype, torch.float32)
     if w.dim() == 1:
@@ -142,32 +197,35 @@ def grow_tensor(
     std = noise * _rms(w) if noise else 0.0
     if std and (cols is None or cols.groups is None or generator is None):
         raise ValueError("noise needs a column axis with copy groups and a generator")
-    take_upper = upper is not None and rows is not None and rows.new is not None
+    row_scale = rows.scale if rows is not None and rows.scaled is not None else None
+    col_scale = cols.scale.to(compute) if cols is not None and cols.scale is not None else None
+    scaled_cols = cols.scaled if cols is not None else None
     out = torch.empty(n_rows, n_cols, dtype=w.dtype)
     block = max(1, _BLOCK_ELEMENTS // max(1, n_cols))
     for start in range(0, n_rows, block):
         stop = min(n_rows, start + block)
-        if rows is None:
-            part = w[start:stop]
-        else:
-            index = rows.index[start:stop]
-            part = w.index_select(0, index)
-            if take_upper:
-                fresh = rows.new[start:stop].nonzero().squeeze(1)
-                if fresh.numel():
-                    part[fresh] = upper.index_select(0, index.index_select(0, fresh))
-        if cols is not None:
-            part = part.index_select(1, cols.index)
-        row_scale = rows.scale[start:stop] if rows is not None and rows.scale is not None else None
-        col_scale = cols.scale if cols is not None else None
-        if row_scale is not None or col_scale is not None or std:
-            part = part.to(compute)
+        part = _gather_rows(w, rows, start, stop, upper)
+        target = out[start:stop]
+        _gather_cols(part, cols, target)
+        if std:  # dense: every element changes
+            values = target.to(compute)
             if row_scale is not None:
-                part *= row_scale.to(compute).unsqueeze(1)
+                values *= row_scale[start:stop].to(compute).unsqueeze(1)
             if col_scale is not None:
-                part *= col_scale.to(compute)
-            if std:
-                part += _zero_sum_noise(stop - start, cols, std, generator).to(compute)
-            part = part.to(w.dtype)
-        out[start:stop] = part
+                values *= col_scale
+            values += _zero_sum_noise(stop - start, cols, std, generator).to(compute)
+            target.copy_(values)
+            continue
+        if scaled_cols is not None:
+            values = target.index_select(1, scaled_cols).to(compute) * col_scale.index_select(0, scaled_cols)
+            target.index_copy_(1, scaled_cols, values.to(w.dtype))
+        if row_scale is not None:
+            local = rows.scaled[(rows.scaled >= start) & (rows.scaled < stop)] - start
+            if local.numel():
+                values = torch.empty(local.numel(), n_cols, dtype=w.dtype)
+                _gather_cols(part.index_select(0, local), cols, values)
+                values = values.to(compute) * row_scale[start:stop].index_select(0, local).to(compute).unsqueeze(1)
+                if col_scale is not None:
+                    values *= col_scale
+                target.index_copy_(0, local, values.to(w.dtype))
     return out
