@@ -224,7 +224,23 @@ def _write_slurm(options, job, script: str | None, submit: bool, force: bool, as
     typer.echo(answer or f"submit it with: sbatch {path}")
 
 
+PRETRAIN_EPILOG = (
+    "Examples:\n\n"
+    "  grow pretrain --plan plan.yaml --stage 1 --data data/fwe --out runs/1B\n\n"
+    "  torchrun --nproc-per-node 8 -m grow_cli pretrain --plan plan.yaml --stage 2 --init ckpt/2B-init "
+    "--data data/fwe --out runs/2B --tp 2\n\n"
+    "  grow pretrain --size 2M --seq-len 128 --iters 100 --global-batch 8 --data data/shk --out runs/tiny\n\n"
+    "See docs/training.md and docs/launch.md."
+)
+SLURM_EPILOG = (
+    "Example:\n\n"
+    "  grow slurm --plan plan.yaml --stage 2 --init ckpt/2B-init --data /shared/fwe --out /shared/runs/2B "
+    "--nodes 4 --gpus-per-node 8 --tp 2 --time 24:00:00 --setup 'source venv/bin/activate' --submit\n\n"
+    "See docs/launch.md."
+)
+
+
 def register(app: typer.Typer) -> None:
     """Add `grow pretrain` and `grow slurm` (one option set, two behaviours) to the app."""
-    app.command("pretrain", help=PRETRAIN_HELP, no_args_is_help=True)(pretrain_command)
-    app.command("slurm", help=SLURM_HELP, no_args_is_help=True)(pretrain_command)
+    app.command("pretrain", help=PRETRAIN_HELP, epilog=PRETRAIN_EPILOG, no_args_is_help=True)(pretrain_command)
+    app.command("slurm", help=SLURM_HELP, epilog=SLURM_EPILOG, no_args_is_help=True)(pretrain_command)
