@@ -6,7 +6,8 @@ What is trained is an `Objective` (objective.py): the LM cross-entropy here, the
 self-distillation loss of `grow distill` next, through the same loop.
 
 Modules: config (resolved run settings), objective (what a step optimises), engine (model,
-optimizer and one train/eval step), schedule (optimizer and LR schedule settings), data (the
-batches of a run), checkpointing (train state on disk, resume, retention), metrics (jsonl,
-TensorBoard, console), signals (pre-emption), loop (the run), slurm (sbatch scripts), cli.
+optimizer and one train/eval step), schedule (optimizer and LR schedule settings),
+checkpointing (train state on disk, resume, retention, the run directory), metrics (jsonl,
+TensorBoard, console, FLOPs/MFU), signals (pre-emption), loop (the run), slurm (sbatch scripts),
+megatron_patches (a megatron-core 0.16 optimizer-resume fix), cli.
 """
