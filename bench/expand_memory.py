@@ -3,7 +3,8 @@
 Writes a random bf16 source of the reference 1B shape as a torch_dist checkpoint (about 2.6 GB),
 then measures, each in a fresh subprocess (peak RSS from getrusage in the child):
 
-* stream: the streaming engine (`expand_checkpoint`), what `grow expand` runs;
+* stream: the streaming engine (`expand_checkpoint`), what `grow expand` runs, in one process
+  and as 2 ranks under torchrun;
 * naive:  load every source tensor, build every target tensor in memory, then save;
 * floor:  the I/O floor, reading the source's files and writing the target's byte count (fsync).
 
@@ -100,10 +101,15 @@ def run_floor(args) -> dict:
 
 
 def run_stream(args) -> dict:
+    """The engine; under torchrun every rank writes its share (gloo process group)."""
+    import torch
+
     from grow_cli.expansion.engine import expand_checkpoint
     from grow_cli.expansion.mapping import ExpandOptions
 
     _, target = _shapes(args)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        torch.distributed.init_process_group("gloo")
     baseline = _peak_rss()
     start = time.perf_counter()
     result = expand_checkpoint(args.path, args.out, target, ExpandOptions(width=args.width, depth=args.depth))
@@ -153,23 +159,28 @@ CHILDREN = {"make": make_source, "floor": run_floor, "stream": run_stream, "naiv
 
 def child(args) -> None:
     result = CHILDREN[args.child](args)
-    result["peak_rss"] = _peak_rss()
-    print(json.dumps(result))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result.update(peak_rss=_peak_rss(), cpu_seconds=usage.ru_utime + usage.ru_stime)
+    print(json.dumps(result), flush=True)
 
 
 # ---- parent ----------------------------------------------------------------------------------
-def spawn(mode: str, args, **extra) -> dict:
-    cmd = [sys.executable, __file__, "--child", mode, "--source", args.source, "--target", args.target,
+def spawn(mode: str, args, ranks: int = 1, **extra) -> dict:
+    """Run one measurement in fresh process(es); with `ranks` > 1 under torchrun (worst rank)."""
+    launcher = [sys.executable]
+    if ranks > 1:
+        launcher = [str(Path(sys.executable).with_name("torchrun")), "--standalone", f"--nproc-per-node={ranks}"]
+    cmd = [*launcher, __file__, "--child", mode, "--source", args.source, "--target", args.target,
            "--width", args.width, "--depth", args.depth]
     for key, value in extra.items():
         cmd += [f"--{key}", str(value)]
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(os.cpu_count())))
+    threads = max(1, (os.cpu_count() or 1) // ranks)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
     if proc.returncode != 0:
         raise SystemExit(f"{mode} failed:\n{proc.stderr[-4000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["process_seconds"] = time.perf_counter() - started
-    return result
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    worst = max(results, key=lambda r: r["peak_rss"])
+    return dict(worst, seconds=max(r.get("seconds", 0.0) for r in results), cpu_seconds=sum(r["cpu_seconds"] for r in results))
 
 
 def _du(path: Path) -> int:
@@ -217,15 +228,15 @@ def main() -> None:
         spawn("make", args, path=src)
         print(f"source {source_shape.describe()} written: {_du(src) / 1e9:.2f} GB in {time.perf_counter() - t0:.0f} s", flush=True)
         results = {}
-        for mode in ("floor", "stream", "naive"):
+        for run, mode, ranks in (("floor", "floor", 1), ("stream", "stream", 1), ("stream2", "stream", 2), ("naive", "naive", 1)):
             extra = {"path": src, "out": out / "blob" if mode == "floor" else out}
             if mode == "floor":
                 out.mkdir()
                 extra["bytes"] = dst_bytes
-            results[mode] = spawn(mode, args, **extra)
-            results[mode]["disk_bytes"] = _du(out)
+            results[run] = spawn(mode, args, ranks=ranks, **extra)
+            results[run]["load"] = os.getloadavg()[0]
             shutil.rmtree(out)
-            print(f"{mode}: {results[mode]['seconds']:.1f} s, peak RSS {results[mode]['peak_rss'] / 2**20:.0f} MiB", flush=True)
+            print(f"{run}: {results[run]['seconds']:.1f} s, peak RSS {results[run]['peak_rss'] / 2**20:.0f} MiB", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     layer = _layer_bytes(source_shape) + _layer_bytes(target_shape)
@@ -243,11 +254,18 @@ def render(args, command, source, target, layer, results) -> str:
     mib = lambda n: f"{n / 2**20:,.0f} MiB"  # noqa: E731
     floor, stream = results["floor"]["seconds"], results["stream"]["seconds"]
     rows = []
-    for mode, label in (("stream", "grow expand (streaming)"), ("naive", "naive: load all, expand, save"), ("floor", "I/O floor: read source + write target")):
+    labels = (
+        ("stream", "grow expand (streaming, 1 process)"),
+        ("stream2", "grow expand (streaming, 2 ranks; RSS per rank)"),
+        ("naive", "naive: load all, expand, save"),
+        ("floor", "I/O floor: read source + write target"),
+    )
+    for mode, label in labels:
         r = results[mode]
         rows.append(
-            f"| {label} | {r['seconds']:.1f} s | {r['seconds'] / floor:.2f}x | {mib(r['peak_rss'])} | "
-            f"{mib(r['peak_rss'] - r['baseline_rss'])} | {r['bytes_read'] / 1e9:.2f} GB | {r['bytes_written'] / 1e9:.2f} GB |"
+            f"| {label} | {r['seconds']:.1f} s | {r['seconds'] / floor:.2f}x | {r['cpu_seconds']:.1f} s | {r['load']:.1f} | "
+            f"{mib(r['peak_rss'])} | {mib(r['peak_rss'] - r['baseline_rss'])} | {r['bytes_read'] / 1e9:.2f} GB | "
+            f"{r['bytes_written'] / 1e9:.2f} GB |"
         )
     rss_goal, time_goal = 3 * layer, 1.5 * floor
     peak = results["stream"]["peak_rss"]
@@ -262,8 +280,8 @@ def render(args, command, source, target, layer, results) -> str:
         "(includes the interpreter and torch); the source files are in the page cache for every run",
         f"- one layer's tensors, source + target: {mib(layer)}; goal peak RSS <= 3x = {mib(rss_goal)}; goal wall <= 1.5x floor = {time_goal:.1f} s",
         "",
-        "| run | wall | vs floor | peak RSS | RSS above baseline | read | written |",
-        "|---|---|---|---|---|---|---|",
+        "| run | wall | vs floor | CPU time | load avg | peak RSS | RSS above baseline | read | written |",
+        "|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         f"- memory goal: {'met' if peak <= rss_goal else 'NOT met'} ({peak / layer:.2f}x one layer; naive {results['naive']['peak_rss'] / layer:.1f}x)",

@@ -240,24 +240,27 @@ def test_iso_identity_is_exact_in_megatron(work, tmp_path):
 
 def test_lineage_objects_and_dry_run(work, tmp_path):
     out = tmp_path / "out"
-    dry = run_grow(["expand", str(work / "gqa"), "--hidden", "80", "--heads", "6", "--kv-groups", "3", "--dry-run", "--json", "--out", str(out)])
+    args = ["--hidden", "80", "--heads", "6", "--kv-groups", "3", "--layers", "6", "--seed", "9"]  # 0,1,2,0,1,2: re-reads
+    dry = run_grow(["expand", str(work / "gqa"), *args, "--dry-run", "--json", "--out", str(out)])
     assert dry.returncode == 0, dry.stderr
     plan = json.loads(dry.stdout)
     assert not out.exists()
     assert {t["key"] for t in plan["tensors"]} == set(CheckpointReader(work / "gqa").tensor_keys())
     qkv = next(t for t in plan["tensors"] if t["key"].endswith("linear_qkv.weight"))
-    assert qkv["source_shape"] == [3, 128, 64] and qkv["shape"] == [3, 192, 80] and "AKI" in qkv["operator"]
-    result = expand_checkpoint(work / "gqa", out, SOURCES["gqa"].with_(hidden=80, heads=6, kv_groups=3), ExpandOptions(seed=9, depth="identity"), stage="x")
+    assert qkv["source_shape"] == [3, 128, 64] and qkv["shape"] == [6, 192, 80] and "AKI" in qkv["operator"]
+    target = SOURCES["gqa"].with_(hidden=80, heads=6, kv_groups=3, layers=6)
+    result = expand_checkpoint(work / "gqa", out, target, ExpandOptions(seed=9), stage="x")
     assert plan["bytes_written"] == result.bytes_written
-    assert plan["bytes_read"] == result.bytes_read  # each source chunk read once
+    source = CheckpointReader(work / "gqa")
+    assert plan["bytes_read"] == result.bytes_read > sum(source.stored_bytes(k) for k in source.tensor_keys())
     info, source_info = read_info(out), read_info(work / "gqa")
     step = info.lineage[-1]
     assert info.iteration == 0 and info.stage == "x" and info.shape.hidden == 80
     assert step.op == "expand" and step.source_id == source_info.checkpoint_id and step.source == str(work / "gqa")
     assert step.details["width"] == "aki" and step.details["seed"] == 9 and step.details["optimizer"] == "fresh"
     objects = CheckpointReader(out).object_keys()
-    assert "decoder.layers.mlp.linear_fc2._extra_state/shard_2_3" in objects
-    assert len(objects) == 4 * 3
+    assert "decoder.layers.mlp.linear_fc2._extra_state/shard_5_6" in objects
+    assert len(objects) == 4 * 6
 
 
 def test_cli_verify_reports_exactness(work, tmp_path):

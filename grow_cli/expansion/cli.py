@@ -86,7 +86,7 @@ def expand_command(
 
 
 def _dry_run(source: Path, out: Optional[Path], request, options, force: bool, as_json: bool) -> None:
-    from grow_cli.expansion.engine import check_paths, open_source
+    from grow_cli.expansion.engine import check_paths, open_source, planned_reads
     from grow_cli.expansion.mapping import ExpansionPlan
     from grow_cli.expansion.target import resolve_target
 
@@ -95,12 +95,14 @@ def _dry_run(source: Path, out: Optional[Path], request, options, force: bool, a
     if out is not None:
         check_paths(source, out, force)
     plan = ExpansionPlan.for_checkpoint(reader, info.shape, target, options)
-    stored = {}
-    for read in plan.source_reads():
-        sizes = None if read.layer is None else (1, *reader.shape(read.key)[1:])
-        offsets = None if read.layer is None else (read.layer,) + (0,) * (len(reader.shape(read.key)) - 1)
-        stored[read] = reader.stored_bytes(read.key, offsets, sizes)
-    bytes_read, bytes_written = sum(stored.values()), plan.bytes_written()
+    bytes_read = 0
+    for read in planned_reads(plan, int(os.environ.get("WORLD_SIZE", "1"))):
+        shape = reader.shape(read.key)
+        if read.layer is None:
+            bytes_read += reader.stored_bytes(read.key)
+        else:
+            bytes_read += reader.stored_bytes(read.key, (read.layer,) + (0,) * (len(shape) - 1), (1, *shape[1:]))
+    bytes_written = plan.bytes_written()
     mappings = plan.mappings()
     if as_json:
         typer.echo(json.dumps({
@@ -116,17 +118,18 @@ def _dry_run(source: Path, out: Optional[Path], request, options, force: bool, a
         }, indent=2))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"grow expand --dry-run: {info.shape.describe()} -> {plan.target.describe()}")
     for column in ("target tensor", "source shape", "target shape", "dtype", "operator"):
         table.add_column(column, overflow="fold")
     for m in mappings:
-        table.add_row(m.key, str(list(m.source_shape)), str(list(m.shape)), m.dtype, m.operator)
+        table.add_row(m.key, str(list(m.source_shape)), str(list(m.shape)), m.dtype, escape(m.operator))
     console = Console()
     console.print(table)
     console.print(
-        f"would read {_gib(bytes_read)} from {source} and write {_gib(bytes_written)}"
+        f"would read {_gib(bytes_read)} from {source} (re-reads included) and write {_gib(bytes_written)}"
         + (f" to {out}" if out else "") + f"; exact: {'yes' if options.exact else 'no'}; nothing written"
     )
 

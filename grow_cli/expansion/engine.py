@@ -38,15 +38,15 @@ OPTIMIZER_POLICY = (
 
 
 class SourceCache:
-    """Fetches source tensors through a CheckpointReader, keeping the last `capacity` reads of
-    the tensor being grown (AKI's layers l and l+1); moving to another tensor drops the rest."""
+    """Fetches source tensors through `load`, keeping the last `capacity` reads of the tensor
+    being grown (AKI's layers l and l+1, a layer's row blocks); another tensor drops the rest."""
 
-    def __init__(self, reader: CheckpointReader, capacity: int = 2):
-        self.reader = reader
+    def __init__(self, load: Callable[[SourceRead], torch.Tensor | None], capacity: int = 2):
+        self.load = load
         self.capacity = capacity
-        self._items: OrderedDict[SourceRead, torch.Tensor] = OrderedDict()
+        self._items: OrderedDict[SourceRead, torch.Tensor | None] = OrderedDict()
 
-    def __call__(self, read: SourceRead) -> torch.Tensor:
+    def __call__(self, read: SourceRead) -> torch.Tensor | None:
         if read in self._items:
             self._items.move_to_end(read)
             return self._items[read]
@@ -54,15 +54,26 @@ class SourceCache:
             del self._items[old]
         while len(self._items) >= self.capacity:
             self._items.popitem(last=False)
-        if read.layer is None:
-            tensor = self.reader.read(read.key)
-        else:
-            tensor = self.reader.read_layer(read.key, read.layer)
-        self._items[read] = tensor
+        self._items[read] = tensor = self.load(read)
         return tensor
 
     def clear(self) -> None:
         self._items.clear()
+
+
+def read_source(reader: CheckpointReader, read: SourceRead) -> torch.Tensor:
+    return reader.read(read.key) if read.layer is None else reader.read_layer(read.key, read.layer)
+
+
+def planned_reads(expansion: ExpansionPlan, world: int = 1) -> list[SourceRead]:
+    """Every source read the engine will make (cache misses included), for `--dry-run`."""
+    loads: list[SourceRead] = []
+    for share in expansion.assign(world):
+        cache = SourceCache(loads.append)
+        for piece in share:
+            for read in expansion.reads(piece):
+                cache(read)
+    return loads
 
 
 class Prefetcher:
@@ -222,7 +233,7 @@ def expand_checkpoint(
     new_info = target_info(info, expansion, source, stage, plan)
     rank, world = _world()
     mine = expansion.assign(world)[rank]
-    cache = SourceCache(reader)
+    cache = SourceCache(lambda read: read_source(reader, read))
     done = 0
     prefetch: Prefetcher | None = None
 

@@ -342,13 +342,5 @@ class ExpansionPlan:
             mappings.append(TensorMapping(spec.key, spec.shape, str(self.dtypes[spec.key]).removeprefix("torch."), source_shape, operator))
         return mappings
 
-    def source_reads(self) -> list[SourceRead]:
-        """Every distinct source tensor (layer) the expansion reads."""
-        seen: dict[SourceRead, None] = {}
-        for piece in self.pieces():
-            for read in self.reads(piece):
-                seen[read] = None
-        return list(seen)
-
     def bytes_written(self) -> int:
         return sum(p.nbytes for p in self.pieces())
