@@ -254,3 +254,29 @@ def test_pca_of_a_planar_trajectory_explains_everything():
     view = pca_trajectories(states[:, :, -1].transpose(0, 1))  # [b, L + 1, h]
     assert sum(view.explained) == pytest.approx(1.0)
     assert len(view.coords) == 2 and len(view.coords[0]) == 5 and len(view.coords[0][0]) == 2
+
+
+# ---- task files ---------------------------------------------------------------------------
+
+
+def test_task_files_json_lines_arrays_and_missing_fields(tmp_path):
+    from grow_cli.errors import GrowError
+    from grow_cli.evaluation.tasks import TASKS, find_task_file, write_task_yaml
+
+    row = {"goal": "g", "sol1": "a", "sol2": "b", "label": 0}
+    spec = TASKS["piqa"]
+    (tmp_path / "piqa.json").write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n")  # datasets' to_json: lines
+    assert find_task_file(spec, tmp_path).name == "piqa.json"
+    (tmp_path / "piqa.json").write_text(json.dumps([row, row], indent=1))  # a JSON array
+    assert find_task_file(spec, tmp_path).name == "piqa.json"
+    (tmp_path / "piqa.json").write_text(json.dumps({k: v for k, v in row.items() if k != "sol2"}))
+    with pytest.raises(GrowError, match="lacks field"):
+        find_task_file(spec, tmp_path)
+    with pytest.raises(GrowError, match="no data for task hellaswag"):
+        find_task_file(TASKS["hellaswag"], tmp_path)
+    import yaml
+
+    config = yaml.safe_load(write_task_yaml(spec, tmp_path / "piqa.json", tmp_path).read_text())
+    assert config["include"].endswith("lm_eval/tasks/piqa/piqa.yaml") and Path(config["include"]).is_file()
+    assert config["dataset_path"] == "json" and config["dataset_kwargs"] == {"data_files": {"validation": str(tmp_path / "piqa.json")}}
+    assert (config["validation_split"], config["test_split"], config["training_split"]) == ("validation", None, None)

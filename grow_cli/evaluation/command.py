@@ -64,26 +64,27 @@ def _torch_dtype(name: str):
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
 
 
-def _load_text(request: EvalRequest, tokenizer):
+def _load_text(request: EvalRequest):
+    """(validation text or None, tokenizer): a prepared prefix brings its own tokenizer."""
+    from grow_cli.data.tokenizer import load_tokenizer
     from grow_cli.evaluation.text import load_prepared_valid, load_text_files
 
     if request.data:
-        return load_prepared_valid(request.data, request.max_tokens, request.tokenizer_file)
-    if request.text:
-        return load_text_files(list(request.text), tokenizer, request.max_tokens)
-    return None
+        text = load_prepared_valid(request.data, request.max_tokens, request.tokenizer_file)
+        return text, text.tokenizer
+    tokenizer = load_tokenizer(request.tokenizer, request.tokenizer_file)
+    text = load_text_files(list(request.text), tokenizer, request.max_tokens) if request.text else None
+    return text, tokenizer
 
 
 def run_eval(request: EvalRequest, progress: Progress | None = None) -> list[ModelReport] | None:
     """Evaluate every checkpoint; returns the reports on rank 0 (None on other ranks)."""
     check_request(request)
     from grow_cli.checkpoint.metadata import read_info
-    from grow_cli.data.tokenizer import load_tokenizer
     from grow_cli.evaluation.tasks import parse_tasks, prepare_task_configs
     from grow_cli.evaluation.text import check_vocab
 
-    text = _load_text(request, None if request.data else load_tokenizer(request.tokenizer, request.tokenizer_file))
-    tokenizer = text.tokenizer if text is not None else load_tokenizer(request.tokenizer, request.tokenizer_file)
+    text, tokenizer = _load_text(request)
     infos = [read_info(path) for path in request.checkpoints]
     for path, info in zip(request.checkpoints, infos):
         if text is not None:
@@ -121,7 +122,7 @@ def _evaluate_all(request, text, tokenizer, specs, configs, progress) -> list[Mo
             model = load_eval_model(path, runtime, dtype)
             reports.append(
                 evaluate_checkpoint(
-                    model, tokenizer, text, request.max_tokens, specs, configs, request.settings,
+                    model, tokenizer, text, specs, configs, request.settings,
                     progress if runtime.is_main else None,
                 )
             )

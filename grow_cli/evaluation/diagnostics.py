@@ -90,19 +90,19 @@ class StreamMeter:
         self.trajectories: list[torch.Tensor] = []
 
     def add(self, states: torch.Tensor) -> None:
-        """states: [L + 1, b, s, h] residual stream of full (unpadded) sequences."""
-        states = states.float()
+        """states: [L + 1, b, s, h] residual stream of full (unpadded) sequences (any dtype;
+        measured in float32 one layer pair at a time)."""
         for layer in range(states.size(0) - 1):
-            cos = torch.nn.functional.cosine_similarity(states[layer], states[layer + 1], dim=-1)
+            cos = torch.nn.functional.cosine_similarity(states[layer].float(), states[layer + 1].float(), dim=-1)
             self.cos_sum[layer] += float(cos.double().sum())
         self.tokens += states.size(1) * states.size(2)
-        last = torch.nn.functional.normalize(states[:, :, -1], dim=-1)  # [L + 1, b, h]
+        last = torch.nn.functional.normalize(states[:, :, -1].float(), dim=-1)  # [L + 1, b, h]
         gram = torch.einsum("ibh,jbh->bij", last, last).clamp(-1.0, 1.0)
         self.angle_sum += (torch.arccos(gram) / math.pi).double().sum(dim=0).cpu()
         self.sequences += states.size(1)
         room = self.keep - sum(t.size(0) for t in self.trajectories)
         if room > 0:
-            self.trajectories.append(states[:, :room, -1].transpose(0, 1).cpu())  # [b', L + 1, h]
+            self.trajectories.append(states[:, :room, -1].transpose(0, 1).float().cpu())  # [b', L + 1, h]
 
     def result(self) -> StreamGeometry:
         mean_cos = (self.cos_sum / max(self.tokens, 1)).tolist()

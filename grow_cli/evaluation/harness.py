@@ -99,8 +99,8 @@ class GrowLM(TemplateLM):
                 tokens[row, : len(window)] = torch.tensor(window)
             logits = self.model.forward(tokens).logits
             for row, index in enumerate(indices):
-                continuation = pairs[index][1]
                 end = len(windows[row])
+                continuation = pairs[index][1][-end:]  # a continuation longer than the window: its tail
                 scored = logits[row, end - len(continuation) : end].log_softmax(dim=-1)
                 target = torch.tensor(continuation, device=scored.device)
                 loglik = float(scored.gather(1, target[:, None]).double().sum())

@@ -84,19 +84,21 @@ class LogitLens:
         self.sums = _Sums(model.num_layers + 1, 4, model.device)  # nll, correct, entropy, kl
 
     def add(self, states: torch.Tensor, targets: torch.Tensor) -> None:
-        """states [L + 1, b, s, h], targets [b, s] (next tokens)."""
+        """states [L + 1, b, s, h], targets [b, s] (next tokens). Normalised one token tile at a
+        time, so no second copy of the whole residual stream is made."""
         flat = states.reshape(states.size(0), -1, states.size(-1))
         mine = _rank_slice(self.model, flat.size(1))
-        hidden = self.model.final_norm(flat[:, mine])
-        labels = targets.reshape(-1)[mine].to(hidden.device)
-        if labels.numel():
+        labels = targets.reshape(-1).to(flat.device)
+        for start in range(mine.start, mine.stop, self.token_chunk):
+            tile = slice(start, min(start + self.token_chunk, mine.stop))
+            hidden = self.model.final_norm(flat[:, tile])
             stats = lens_stats(
-                hidden, self.model.output_weight, labels, token_chunk=self.token_chunk, vocab_chunk=self.vocab_chunk
+                hidden, self.model.output_weight, labels[tile], token_chunk=self.token_chunk, vocab_chunk=self.vocab_chunk
             )
-            correct = (stats.argmax == labels).double()
+            correct = (stats.argmax == labels[tile]).double()
             columns = (stats.nll.double(), correct, stats.entropy.double(), stats.kl.double())
             self.sums.values += torch.stack([c.sum(dim=1) for c in columns], dim=1)
-        self.sums.count += labels.numel()
+        self.sums.count += mine.stop - mine.start
 
     def result(self) -> list[LensLayer]:
         values, count = self.sums.reduced(self.model)

@@ -107,16 +107,15 @@ def method_of(info: CheckpointInfo) -> str:
 
 
 def validation_pass(
-    model: EvalModel, text: EvalText, max_tokens: int | None, settings: RunSettings, progress: Progress | None
+    model: EvalModel, text: EvalText, settings: RunSettings, progress: Progress | None
 ) -> tuple[PerplexityResult, StreamGeometry | None, list[LensLayer] | None, PCAView | None]:
     """Perplexity over non-overlapping windows; diagnostics over the first `diag_tokens` tokens."""
-    windows = text.windows(model.seq_len, max_tokens)
     meter = PerplexityMeter(token_byte_lengths(text.tokenizer))
     stream = StreamMeter(model.num_layers + 1) if settings.diagnostics else None
     lens = LogitLens(model, settings.token_chunk, settings.vocab_chunk) if settings.diagnostics else None
-    advance = progress("perplexity" + (" + layer diagnostics" if lens else ""), sum(len(w) - 1 for w in windows)) if progress else None
+    advance = progress("perplexity" + (" + layer diagnostics" if lens else ""), text.predicted) if progress else None
     diagnosed = 0
-    for batch in _batches(windows, settings.batch_size):
+    for batch in _batches(text.windows(model.seq_len), settings.batch_size):
         tokens = torch.from_numpy(batch[:, :-1].copy())
         targets = torch.from_numpy(batch[:, 1:].copy())
         capture = lens is not None and diagnosed < settings.diag_tokens
@@ -135,7 +134,7 @@ def validation_pass(
     return meter.result(), stream.result(), lens.result(), pca
 
 
-def _batches(windows: list, batch_size: int):
+def _batches(windows, batch_size: int):
     """Stack windows of equal length into [b, s + 1] arrays (only the last window is shorter)."""
     import numpy
 
@@ -153,7 +152,6 @@ def evaluate_checkpoint(
     model: EvalModel,
     tokenizer: Tokenizer,
     text: EvalText | None,
-    max_tokens: int | None,
     specs: list[TaskSpec],
     task_configs: list[Path],
     settings: RunSettings,
@@ -168,7 +166,7 @@ def evaluate_checkpoint(
     report = ModelReport(checkpoint=str(model.path), info=model.info, method=method_of(model.info))
     report.cost = training_cost(model.path, model.info)
     if text is not None:
-        report.perplexity, report.geometry, report.lens, report.pca = validation_pass(model, text, max_tokens, settings, progress)
+        report.perplexity, report.geometry, report.lens, report.pca = validation_pass(model, text, settings, progress)
     if specs:
         lm = GrowLM(model, tokenizer, batch_size=settings.batch_size, progress=progress)
         report.tasks = run_tasks(lm, specs, task_configs, settings.limit, settings.bootstrap_iters) or {}

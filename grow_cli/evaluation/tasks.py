@@ -105,18 +105,25 @@ def _check_fields(spec: TaskSpec, path: Path) -> None:
 
 
 def _first_json_row(path: Path) -> dict:
+    """The first row of a JSON-lines file, or of a JSON array / {"data": [...]} document (a
+    `.json` file may be either: `datasets`' `to_json` writes JSON lines)."""
     try:
         with path.open(encoding="utf-8") as handle:
-            if path.suffix == ".jsonl":
-                line = next((line for line in handle if line.strip()), None)
-                if line is None:
-                    raise GrowError(f"{path} is empty: it needs at least one row")
+            line = next((line for line in handle if line.strip()), None)
+            if line is None:
+                raise GrowError(f"{path} is empty: it needs at least one row")
+            try:
                 row = json.loads(line)
-            else:
+                if isinstance(row, list):  # a one-line JSON array
+                    row = row[0] if row else None
+            except json.JSONDecodeError:
+                if path.suffix == ".jsonl":
+                    raise
+                handle.seek(0)
                 data = json.load(handle)
                 rows = data if isinstance(data, list) else next((v for v in data.values() if isinstance(v, list)), [])
                 if not rows:
-                    raise GrowError(f"{path} holds no rows")
+                    raise GrowError(f"{path} holds no rows") from None
                 row = rows[0]
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise GrowError(f"{path} is not valid JSON ({error})") from None

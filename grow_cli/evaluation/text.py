@@ -6,6 +6,10 @@ Two sources give the same thing, a token stream with EOS after every document:
 * `--text FILE...`: plain text files, one document each, encoded with the chosen tokenizer the
   way `prepare` encodes documents.
 
+A prepared split is memory-mapped, not loaded: `prepare` writes documents back to back, so the
+`.bin` file of megatron's indexed dataset IS the token stream (checked against the `.idx`
+pointers), and a validation split of billions of tokens costs no memory.
+
 Bits per byte needs the byte length of what is predicted: each target token's UTF-8 bytes from
 the tokenizer (EOS is a document boundary, not text: 0 bytes), so `Σ bytes` is exactly the
 length of the documents' text.
@@ -13,6 +17,7 @@ length of the documents' text.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,20 +32,23 @@ class EvalText:
     """A token stream (documents joined, EOS after each) and where it came from."""
 
     source: str
-    tokens: numpy.ndarray  # int64
+    tokens: numpy.ndarray  # integer ids (a memory map for prepared data)
     tokenizer: Tokenizer
 
-    def windows(self, seq_len: int, max_tokens: int | None = None) -> list[numpy.ndarray]:
-        """Non-overlapping windows of up to seq_len + 1 tokens: inputs w[:-1], targets w[1:].
+    @property
+    def predicted(self) -> int:
+        """Tokens that get predicted: all but the first."""
+        return len(self.tokens) - 1
+
+    def windows(self, seq_len: int) -> Iterator[numpy.ndarray]:
+        """Non-overlapping int64 windows of up to seq_len + 1 tokens: inputs w[:-1], targets w[1:].
 
         Consecutive windows share one token (a window's last target is the next one's first
-        input), so every token after the first is predicted exactly once. `max_tokens` caps
-        the predicted tokens; the last window may be shorter.
+        input), so every token after the first is predicted exactly once; the last window may
+        be shorter.
         """
-        predicted = len(self.tokens) - 1
-        if max_tokens is not None:
-            predicted = min(predicted, max_tokens)
-        return [self.tokens[start : min(start + seq_len, predicted) + 1] for start in range(0, predicted, seq_len)]
+        for start in range(0, self.predicted, seq_len):
+            yield numpy.asarray(self.tokens[start : min(start + seq_len, self.predicted) + 1], dtype=numpy.int64)
 
 
 def token_byte_lengths(tokenizer: Tokenizer) -> numpy.ndarray:
@@ -54,7 +62,7 @@ def token_byte_lengths(tokenizer: Tokenizer) -> numpy.ndarray:
 
 
 def load_prepared_valid(prefix: str, max_tokens: int | None, tokenizer_file: str | None = None) -> EvalText:
-    """The `_valid` split of a prepared prefix (its sidecar names the tokenizer)."""
+    """The `_valid` split of a prepared prefix, memory-mapped (its sidecar names the tokenizer)."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     from grow_cli.data.info import read_data_info
@@ -67,17 +75,14 @@ def load_prepared_valid(prefix: str, max_tokens: int | None, tokenizer_file: str
             "re-run `grow data prepare` with a larger --valid-fraction or evaluate --text FILES"
         )
     tokenizer = load_tokenizer(info.tokenizer, tokenizer_file)
-    dataset = IndexedDataset(info.split_prefix("valid"), multimodal=False, mmap=True)
-    pieces, total = [], 0
+    split = info.split_prefix("valid")
+    index = IndexedDataset(split, multimodal=False, mmap=True).index
+    tokens = numpy.memmap(split + ".bin", dtype=index.dtype, mode="r")
+    ends = index.sequence_pointers + index.sequence_lengths.astype(numpy.int64) * index.dtype_size
+    if index.sequence_pointers[0] != 0 or (ends[:-1] != index.sequence_pointers[1:]).any() or ends[-1] != tokens.nbytes:
+        raise GrowError(f"{split}.bin is not one stream of back-to-back documents; re-run `grow data prepare`")
     limit = None if max_tokens is None else max_tokens + 1
-    for index in range(len(dataset)):
-        document = numpy.asarray(dataset[index], dtype=numpy.int64)
-        pieces.append(document)
-        total += len(document)
-        if limit is not None and total >= limit:
-            break
-    tokens = numpy.concatenate(pieces)[:limit]
-    return EvalText(source=f"{info.prefix}_valid", tokens=tokens, tokenizer=tokenizer)
+    return EvalText(source=f"{info.prefix}_valid", tokens=tokens[:limit], tokenizer=tokenizer)
 
 
 def load_text_files(files: list[str], tokenizer: Tokenizer, max_tokens: int | None) -> EvalText:

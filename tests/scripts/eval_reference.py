@@ -193,7 +193,7 @@ def compute(out):
     # perplexity: ours (runner) vs megatron's own loss on the same windows
     text = load_text_files([str(out / "valid.txt")], tokenizer, None)
     settings = RunSettings(batch_size=4, diag_tokens=10**9, token_chunk=37, vocab_chunk=5000)
-    ppl, geometry, lens, _ = validation_pass(model, text, None, settings, None)
+    ppl, geometry, lens, _ = validation_pass(model, text, settings, None)
     nll_sum, count = 0.0, 0
     for window in text.windows(model.seq_len):
         tokens = torch.from_numpy(window[:-1].copy())[None]
@@ -213,7 +213,7 @@ def compute(out):
     results["geometry"] = geometry.to_json()
 
     # logit lens, chunked (tiles 37 x 5000) vs naive materialisation, on the first two windows
-    windows = text.windows(model.seq_len)[:2]
+    windows = list(text.windows(model.seq_len))[:2]
     tokens = torch.from_numpy(numpy.stack(windows))
     output = model.forward(tokens[:, :-1], capture_states=True)
     targets = tokens[:, 1:].clone()
