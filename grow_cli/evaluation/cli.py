@@ -19,6 +19,7 @@ EPILOG = (
     "  grow eval ckpt/2B --data data/shakespeare --json\n\n"
     "  grow eval ckpt/1B ckpt/2B-growth ckpt/2B-scratch --data data/fw --tasks all --task-data tasks/ "
     "--markdown results.md --plots figs/\n\n"
+    "  grow eval --plan plan.yaml --runs 'runs/grow/{stage}' --runs 'runs/scratch/{stage}' --data data/fw --plots figs/\n\n"
     "  torchrun --nproc-per-node 8 -m grow_cli eval ckpt/8B --tp 8 --tasks all --task-data tasks/\n\n"
     "Task data formats: docs/evaluation.md."
 )

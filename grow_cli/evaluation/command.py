@@ -34,10 +34,7 @@ class EvalRequest:
 
 
 def check_request(request: EvalRequest) -> None:
-    """The checks that need no torch: inputs exist and make sense."""
-    from grow_cli.checkpoint.metadata import read_info
-    from grow_cli.checkpoint.tensors import validate_checkpoint
-
+    """The flags make sense together (nothing is read yet)."""
     if not request.checkpoints:
         raise GrowError("no checkpoint to evaluate: pass CHECKPOINT paths or --plan PLAN --runs PATTERN")
     if request.data and request.text:
@@ -52,8 +49,6 @@ def check_request(request: EvalRequest) -> None:
         raise GrowError(f"--dtype must be auto, fp32 or bf16, got {request.dtype}")
     if request.task_data is not None and not request.task_data.is_dir():
         raise GrowError(f"--task-data {request.task_data} is not a directory")
-    for path in request.checkpoints:
-        read_info(validate_checkpoint(path))
 
 
 def _torch_dtype(name: str):
@@ -81,11 +76,12 @@ def run_eval(request: EvalRequest, progress: Progress | None = None) -> list[Mod
     """Evaluate every checkpoint; returns the reports on rank 0 (None on other ranks)."""
     check_request(request)
     from grow_cli.checkpoint.metadata import read_info
+    from grow_cli.checkpoint.tensors import validate_checkpoint
     from grow_cli.evaluation.tasks import parse_tasks, prepare_task_configs
     from grow_cli.evaluation.text import check_vocab
 
+    infos = [read_info(validate_checkpoint(path)) for path in request.checkpoints]
     text, tokenizer = _load_text(request)
-    infos = [read_info(path) for path in request.checkpoints]
     for path, info in zip(request.checkpoints, infos):
         if text is not None:
             check_vocab(text, info.shape.vocab, str(path))

@@ -34,6 +34,15 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _integer_ticks(*axes) -> None:
     from matplotlib.ticker import MaxNLocator
 
@@ -57,10 +66,7 @@ def plot_movement(reports: list[ModelReport], path: Path) -> Path:
     ax.set_title("Residual-stream movement per layer")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_lens(reports: list[ModelReport], path: Path) -> Path:
@@ -87,10 +93,7 @@ def plot_lens(reports: list[ModelReport], path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Logit lens: W_U · final_norm(h_l)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_pca(report: ModelReport, path: Path) -> Path:
@@ -108,10 +111,7 @@ def plot_pca(report: ModelReport, path: Path) -> Path:
     ax.set_xlabel(f"PC1 ({100 * pc1:.0f}% var)")
     ax.set_ylabel(f"PC2 ({100 * pc2:.0f}% var)")
     ax.set_title(f"{_label(report)}: last-token trajectories")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_loss_vs_flops(curves: list[LossCurve], path: Path) -> Path:
@@ -128,10 +128,7 @@ def plot_loss_vs_flops(curves: list[LossCurve], path: Path) -> Path:
     ax.set_title("Validation loss vs compute (solid: growth, dashed: scratch)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_plots(reports: list[ModelReport], curves: list[LossCurve], directory: Path) -> list[Path]:

@@ -109,7 +109,8 @@ def method_of(info: CheckpointInfo) -> str:
 def validation_pass(
     model: EvalModel, text: EvalText, settings: RunSettings, progress: Progress | None
 ) -> tuple[PerplexityResult, StreamGeometry | None, list[LensLayer] | None, PCAView | None]:
-    """Perplexity over non-overlapping windows; diagnostics over the first `diag_tokens` tokens."""
+    """Perplexity over non-overlapping windows; diagnostics over the first `diag_tokens` tokens
+    (rounded up to whole windows)."""
     meter = PerplexityMeter(token_byte_lengths(text.tokenizer))
     stream = StreamMeter(model.num_layers + 1) if settings.diagnostics else None
     lens = LogitLens(model, settings.token_chunk, settings.vocab_chunk) if settings.diagnostics else None
@@ -121,10 +122,11 @@ def validation_pass(
         capture = lens is not None and diagnosed < settings.diag_tokens
         output = model.forward(tokens, capture_states=capture)
         meter.add(output.logits, targets)
-        if capture:
-            stream.add(output.states)
-            lens.add(output.states, targets)
-            diagnosed += targets.numel()
+        if capture:  # whole sequences, as many as the remaining diagnostics budget needs
+            rows = min(len(batch), -(-(settings.diag_tokens - diagnosed) // targets.size(1)))
+            stream.add(output.states[:, :rows])
+            lens.add(output.states[:, :rows], targets[:rows])
+            diagnosed += targets[:rows].numel()
         if advance:
             advance(targets.numel())
     if lens is None:
