@@ -60,8 +60,7 @@ def lens_stats(
 
     Args:
         hidden: [L, T, h] (or [T, h] for one layer) states already through the final norm.
-        weight: [V, h] LM head (all of it: a padded vocabulary is part of the softmax, as in
-            megatron's own cross-entropy).
+        weight: [V, h] LM head; every row takes part in the softmax.
         targets: [T] int64 token ids in [0, V) whose logits are reported.
         reference: the layer whose distribution is the KL reference (default: the last).
         token_chunk, vocab_chunk: tile sizes; they bound memory, not the result.
