@@ -104,6 +104,8 @@ def _dry_run(source: Path, out: Optional[Path], request, options, force: bool, a
             bytes_read += reader.stored_bytes(read.key, (read.layer,) + (0,) * (len(shape) - 1), (1, *shape[1:]))
     bytes_written = plan.bytes_written()
     mappings = plan.mappings()
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: one report
+        return
     if as_json:
         typer.echo(json.dumps({
             "source": str(source), "output": str(out) if out else None,

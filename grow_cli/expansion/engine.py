@@ -245,6 +245,10 @@ def expand_checkpoint(
             on_piece(piece, done, len(mine))
         return tensor
 
+    threads = torch.get_num_threads()
+    # one core for the writer thread (checksums, file writes), the rest for building pieces:
+    # idle OpenMP workers spin, so sharing every core between both measured slower
+    torch.set_num_threads(max(1, threads - 1))
     try:
         with atomic_directory(output, force=force, what="output") as tmp, warnings.catch_warnings():
             # DCP warns that a write without a process group is single-process: that is intended
@@ -262,6 +266,7 @@ def expand_checkpoint(
         if prefetch is not None:
             prefetch.close()
         cache.clear()
+        torch.set_num_threads(threads)
     bytes_read, pieces = _sum_over_ranks([reader.bytes_read, len(mine)])
     return ExpandResult(
         output=output,

@@ -22,7 +22,6 @@ from grow_cli.checkpoint.layout import (
     FC1,
     FC2,
     FINAL_NORM,
-    LAYER_KEYS,
     MLP_NORM,
     OUTPUT,
     PROJ,
@@ -38,7 +37,7 @@ from grow_cli.errors import GrowError
 from grow_cli.expansion.depth import DEPTH_METHODS, DepthMap, depth_map
 from grow_cli.expansion.gqa import HeadMaps, head_maps
 from grow_cli.expansion.maps import IndexMap, generator_for, grow_map
-from grow_cli.expansion.width import WIDTH_METHODS, Axis, ResidualRule, copy_axis, divide_axis, grow_tensor
+from grow_cli.expansion.width import WIDTH_METHODS, Axis, ResidualRule, divide_axis, grow_tensor
 from grow_cli.shape import ModelShape
 
 # Embedding / LM-head pieces hold about this many bytes (rows of the vocabulary).

@@ -75,11 +75,6 @@ class Axis:
         return positions if positions.numel() else None
 
 
-def copy_axis(m: IndexMap) -> Axis:
-    """Writers of an inner dimension: plain copies."""
-    return Axis(m.tensor, None, m.new, m)
-
-
 def divide_axis(m: IndexMap) -> Axis:
     """Readers of an inner dimension: copies divided by their count, so the sum is unchanged."""
     return Axis(m.tensor, _none_if_ones(1.0 / m.target_counts), m.new, m)
