@@ -76,7 +76,9 @@ def read_common(path: str | Path) -> dict:
     """The non-tensor state rank 0 wrote (`common.pt`)."""
     import torch
 
-    common = Path(path) / "common.pt"
+    from grow_cli.checkpoint.locate import resolve_checkpoint
+
+    common = resolve_checkpoint(path) / "common.pt"
     if not common.is_file():
         raise GrowError(f"{path} has no common.pt: not a complete torch_dist checkpoint")
     try:

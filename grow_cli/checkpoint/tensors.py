@@ -37,6 +37,7 @@ from torch.distributed.checkpoint.planner import (
 )
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
+from grow_cli.checkpoint.locate import resolve_checkpoint
 from grow_cli.errors import GrowError
 
 TORCH_DIST_METADATA = {
@@ -48,8 +49,9 @@ TORCH_DIST_METADATA = {
 
 
 def validate_checkpoint(path: str | Path) -> Path:
-    """Raise a GrowError unless `path` is a complete torch_dist checkpoint directory."""
-    path = Path(path)
+    """The checkpoint directory `path` names (a checkpoint, a run directory or its `latest`);
+    a GrowError unless it is a complete torch_dist checkpoint."""
+    path = resolve_checkpoint(path)
     if not path.is_dir():
         raise GrowError(f"checkpoint {path} does not exist or is not a directory")
     meta = path / "metadata.json"

@@ -67,7 +67,8 @@ def eval_command(
         check_output(markdown, force, "markdown file")
     if plots is not None:
         check_output(plots, force, "plots directory")
-    from grow_cli.evaluation.series import checkpoints_from_runs, resolve_checkpoint
+    from grow_cli.checkpoint.locate import resolve_checkpoint
+    from grow_cli.evaluation.series import checkpoints_from_runs
 
     paths = [resolve_checkpoint(path) for path in checkpoints or ()]
     if plan is not None:

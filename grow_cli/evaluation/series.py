@@ -99,7 +99,7 @@ def checkpoints_from_runs(plan_path: str, patterns: list[str]) -> list[Path]:
     """The newest checkpoint of each run `pattern.format(stage=NAME, index=I)` over the plan's
     stages; runs not (yet) on disk are skipped, none at all is an error."""
     from grow_cli.planning.planfile import load_plan
-    from grow_cli.training.checkpointing import latest_checkpoint
+    from grow_cli.checkpoint.locate import latest_checkpoint
 
     plan = load_plan(plan_path)
     if not patterns:
@@ -116,12 +116,3 @@ def checkpoints_from_runs(plan_path: str, patterns: list[str]) -> list[Path]:
     if not found:
         raise GrowError(f"no checkpoint found in any run of {', '.join(patterns)} for the stages of {plan_path}")
     return found
-
-
-def resolve_checkpoint(path: Path) -> Path:
-    """A checkpoint directory as given, or the newest checkpoint of a `grow pretrain` run directory."""
-    if (path / "metadata.json").is_file():
-        return path
-    from grow_cli.training.checkpointing import latest_checkpoint
-
-    return latest_checkpoint(path) or path

@@ -32,18 +32,18 @@ import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from grow_cli.checkpoint.locate import LATEST_FILE, checkpoint_name, latest_checkpoint
+from grow_cli.checkpoint.locate import run_checkpoints as checkpoints
 from grow_cli.checkpoint.metadata import CheckpointInfo, LineageStep, read_common, read_info
 from grow_cli.errors import GrowError
 from grow_cli.training.config import TrainConfig
 
 RUN_FILE = "run.json"
-LATEST_FILE = "latest"
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
 TRAIN_KEY = "train"
 RNG_KEY = "rng_state"
 OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
-_CHECKPOINT_NAME = re.compile(r"^iter_(\d{7,})$")
 # What a run directory may hold besides run.json (a `grow slurm` script and its logs come first).
 _RUN_ENTRY = re.compile(r"^(latest|metrics\.jsonl|summary\.json|tensorboard|iter_\d+|\..+|slurm-.*\.out|.*\.sbatch)$")
 
@@ -56,27 +56,6 @@ class TrainState:
     consumed_samples: int = 0
     flops: float = 0.0  # model FLOPs executed so far (Megatron-LM convention)
     train_seconds: float = 0.0  # wall time spent in training steps so far
-
-
-def checkpoint_name(iteration: int) -> str:
-    return f"iter_{iteration:07d}"
-
-
-def checkpoints(out: Path) -> list[tuple[int, Path]]:
-    """The complete checkpoints of a run directory, oldest first."""
-    if not out.is_dir():
-        return []
-    found = []
-    for entry in out.iterdir():
-        match = _CHECKPOINT_NAME.match(entry.name)
-        if match and entry.is_dir() and (entry / "metadata.json").is_file():
-            found.append((int(match.group(1)), entry))
-    return sorted(found)
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    found = checkpoints(out)
-    return found[-1][1] if found else None
 
 
 # ---- the run directory -------------------------------------------------------------------
