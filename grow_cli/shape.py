@@ -16,8 +16,11 @@ from grow_cli.units import format_count, parse_count, size_name
 
 GPT2_VOCAB = 50257
 DEFAULT_SEQ_LEN = 1024
-# Megatron pads the vocabulary to a multiple of this times the tensor-parallel size.
+# Megatron-LM pads the vocabulary to 128 x TP rows, so the padding (and, since padded logits take
+# part in the softmax, the loss) changes with TP. grow pads to a multiple of 128 x 8 instead: the
+# same rows at TP 1, 2, 4 and 8, so a checkpoint changes layout without changing its function.
 VOCAB_PAD_MULTIPLE = 128
+VOCAB_PAD_TP = 8
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,9 @@ class ModelShape:
         return ParamCounts(total=nonembedding + embedding, nonembedding=nonembedding, embedding=embedding)
 
     def padded_vocab(self, tp: int = 1) -> int:
-        """The vocabulary size Megatron allocates at tensor-parallel degree `tp`."""
-        multiple = VOCAB_PAD_MULTIPLE * tp
+        """Embedding rows at tensor-parallel degree `tp`: TP-independent for TP dividing 8
+        (50257 -> 51200), a multiple of 128 x lcm(8, tp) for other TPs."""
+        multiple = VOCAB_PAD_MULTIPLE * math.lcm(VOCAB_PAD_TP, tp)
         return int(math.ceil(self.vocab / multiple) * multiple)
 
     # ---- parallel layout ----------------------------------------------------------------

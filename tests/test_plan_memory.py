@@ -49,7 +49,7 @@ def test_params_per_gpu_add_up_to_the_model():
 
 def test_8b_memory_by_hand():
     shape = PRESETS["8B"]
-    h, s, layers, vocab = 4096, 1024, 33, 50304
+    h, s, layers, vocab = 4096, 1024, 33, 51200  # 50257 padded to 128 x 8
     params = shape.param_counts(vocab).total
     activations = layers * 34 * s * h + 4 * s * vocab
     single = estimate_memory(shape, Layout(), micro_batch=1, global_batch=512)
@@ -63,7 +63,7 @@ def test_8b_memory_by_hand():
 
 def test_pipeline_first_stage_holds_microbatches_in_flight():
     shape = PRESETS["8B"]
-    h, s, vocab = 4096, 1024, 50304
+    h, s, vocab = 4096, 1024, 51200
     layer = shape.layer_params()
     # TP 1, PP 3, DP 1: 11 layers per stage; 512 microbatches, so PP = 3 are in flight on stage 1
     estimate = estimate_memory(shape, Layout(pp=3), micro_batch=1, global_batch=512)
@@ -81,7 +81,7 @@ def test_tensor_parallel_splits_weights_and_activations():
     shape = PRESETS["8B"]
     full, split = estimate_memory(shape, Layout(), 1, 512), estimate_memory(shape, Layout(tp=4), 1, 512)
     h = 4096
-    assert split.params == 33 * ((shape.layer_params() - 2 * h) // 4 + 2 * h) + h + 2 * (50688 // 4) * h
+    assert split.params == 33 * ((shape.layer_params() - 2 * h) // 4 + 2 * h) + h + 2 * (51200 // 4) * h
     assert split.activations_gib == pytest.approx(full.activations_gib / 4, rel=1e-3)
 
 

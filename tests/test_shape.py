@@ -45,7 +45,7 @@ def test_param_counts_match_megatron_gpt_model(megatron_runtime, key):
     assert counts.total - counts.embedding == counts.nonembedding
     per_layer = sum(p.numel() for name, p in params.items() if ".layers.0." in name)
     assert per_layer == shape.layer_params()
-    assert vocab % 128 == 0 and vocab - 128 < shape.vocab <= vocab
+    assert vocab % 1024 == 0 and vocab - 1024 < shape.vocab <= vocab  # padded to 128 x 8
 
 
 def test_preset_counts_match_the_spec_table():

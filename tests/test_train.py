@@ -104,13 +104,13 @@ def test_interrupted_and_resumed_equals_uninterrupted_exactly(runs):
 
 @pytest.mark.slow
 def test_tp2_checkpoint_resumes_at_pp2(runs):
-    """Weights, Adam state and schedule reshard TP=2 -> PP=2. TP=2 pads the vocabulary to 50432 rows,
-    TP=1 to 50304; padded logits enter the softmax, so the loss shifts by about log(1 + 128/50432)."""
+    """Weights, Adam state and schedule reshard TP=2 -> PP=2; the vocabulary padding is the same at
+    both layouts, so the losses agree up to the reduction order of another layout."""
     full, pipelined = losses(runs["full"]), losses(runs["pipelined"])
     assert sorted(pipelined) == list(range(1, 21))
     assert all(pipelined[i] == full[i] for i in range(1, 11))  # the copied history
     for i in range(11, 21):
-        assert pipelined[i] == pytest.approx(full[i], abs=5e-3)
+        assert pipelined[i] == pytest.approx(full[i], abs=2e-4)
     record = records(runs["pipelined"], "run")[-1]
     assert record["event"] == "resume" and record["layout"] == {"tp": 1, "pp": 2, "dp": 1}
     assert records(runs["pipelined"], "train")[-1]["lr"] == pytest.approx(records(runs["full"], "train")[-1]["lr"])
@@ -121,7 +121,7 @@ def test_tp2_and_tp1_give_the_same_logits(runs, tmp_path):
     result = tmp_path / "logits.json"
     run_ranks([str(SCRIPTS / "train_logits.py"), str(runs["full"] / "iter_0000020"), str(result)])
     found = json.loads(result.read_text())
-    assert found["padded"] == [50432, 50304]
+    assert found["padded"] == [51200, 51200]  # TP-independent padding
     assert found["max_abs_diff"] < 1e-4 * max(1.0, found["scale"])
 
 

@@ -50,8 +50,8 @@ class MemoryAdvice:
 
     def message(self, gpu: GPUSpec, layout: Layout) -> str:
         text = (
-            f"{self.stage} needs ~{self.memory_gib:.0f} GiB per GPU at TP={layout.tp} PP={layout.pp} "
-            f"DP={layout.dp}, more than the {self.capacity_gib:.0f} GiB usable of an {gpu.description}"
+            f"{self.stage} needs ~{self.memory_gib:.1f} GiB per GPU at TP={layout.tp} PP={layout.pp} "
+            f"DP={layout.dp}, more than the {self.capacity_gib:.1f} GiB usable of an {gpu.description}"
         )
         if self.suggested_layout is None:
             return text + "; no layout up to 4096 GPUs fits: lower --micro-batch or --seq-len"
