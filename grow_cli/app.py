@@ -25,25 +25,20 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-# ---- subcommands (each job registers itself below) ----
+# ---- subcommands, in the order data flows: plan -> data -> pretrain -> expand -> eval -> export ----
+from grow_cli.data.cli import app as data_app  # noqa: E402
+from grow_cli.evaluation.cli import EPILOG as EVAL_EPILOG, eval_command  # noqa: E402
+from grow_cli.expansion.cli import expand_command  # noqa: E402
+from grow_cli.interop.cli import register as register_interop  # noqa: E402
+from grow_cli.planning.cli import plan_command  # noqa: E402
 from grow_cli.training.cli import register as register_training  # noqa: E402
 
-register_training(app)
-from grow_cli.interop.cli import register as register_interop  # noqa: E402
-
-register_interop(app)
-from grow_cli.evaluation.cli import EPILOG as EVAL_EPILOG, eval_command  # noqa: E402
-
-app.command("eval", epilog=EVAL_EPILOG)(eval_command)
-from grow_cli.expansion.cli import expand_command  # noqa: E402
-
-app.command("expand")(expand_command)
-from grow_cli.planning.cli import plan_command  # noqa: E402
-
 app.command("plan")(plan_command)
-from grow_cli.data.cli import app as data_app  # noqa: E402
-
 app.add_typer(data_app, name="data")
+register_training(app)  # pretrain, slurm
+app.command("expand")(expand_command)
+app.command("eval", epilog=EVAL_EPILOG)(eval_command)
+register_interop(app)  # export, import
 
 
 def main() -> None:
