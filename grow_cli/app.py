@@ -43,6 +43,7 @@ register_interop(app)  # export, import
 
 def main() -> None:
     """Console entry point: user mistakes become one line on stderr and exit code 2."""
+    _quiet_library_warnings()
     try:
         app()
     except GrowError as error:
@@ -50,6 +51,23 @@ def main() -> None:
         if rank == 0:
             typer.echo(f"error: {error}", err=True)
         sys.exit(error.exit_code)
+
+
+def _quiet_library_warnings() -> None:
+    """Warnings that say nothing about the user's run: megatron announcing its torch fallbacks
+    when Transformer Engine/Apex are absent (expected on CPU), a deprecation megatron raises
+    about its own default, its access to a non-leaf `.grad`, and torch deprecations inside
+    megatron's own collectives."""
+    import warnings
+
+    for message in (
+        ".*Transformer Engine and Apex are not installed.*",
+        "Apex is not installed.*",
+        "full scope is deprecated.*",
+        "The .grad attribute of a Tensor that is not a leaf Tensor is being accessed.*",
+    ):
+        warnings.filterwarnings("ignore", message=message)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
 
 
 def _rank() -> int:

@@ -10,9 +10,11 @@ write loads in megatron-core at any TP/PP.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +68,14 @@ def validate_checkpoint(path: str | Path) -> Path:
     if not (path / ".metadata").is_file():
         raise GrowError(f"{path} has no .metadata (DCP index): the checkpoint is incomplete")
     return path
+
+
+@contextlib.contextmanager
+def _single_process_dcp():
+    """DCP warns on every call without a process group; here that is the intended mode."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        yield
 
 
 @dataclass(frozen=True)
@@ -181,7 +191,8 @@ class CheckpointReader:
         sizes = tuple(sizes or md.size)
         buffer = torch.empty(sizes, dtype=md.properties.dtype)
         chunk = ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=torch.Size(sizes))
-        dcp.load({key: buffer}, storage_reader=self._storage, planner=_SliceLoadPlanner({key: chunk}), no_dist=True)
+        with _single_process_dcp():
+            dcp.load({key: buffer}, storage_reader=self._storage, planner=_SliceLoadPlanner({key: chunk}), no_dist=True)
         self.bytes_read += self.stored_bytes(key, offsets, sizes)
         return buffer if dtype is None else buffer.to(dtype)
 
@@ -258,7 +269,8 @@ def write_checkpoint(
     is_main = not distributed or torch.distributed.get_rank() == 0
     planner = _StreamingSavePlanner(list(pieces), produce, (objects or {}) if is_main else {})
     writer = FileSystemWriter(str(path), thread_count=1, single_file_per_rank=True, sync_files=True)
-    dcp.save({}, storage_writer=writer, planner=planner, no_dist=not distributed)
+    with _single_process_dcp():
+        dcp.save({}, storage_writer=writer, planner=planner, no_dist=not distributed)
     if is_main:
         torch.save(common, path / "common.pt")
         (path / "metadata.json").write_text(json.dumps(TORCH_DIST_METADATA))

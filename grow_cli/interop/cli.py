@@ -50,14 +50,6 @@ def _progress(label: str):
     )
 
 
-def _quiet_dcp() -> None:
-    """PyTorch DCP warns on every single-process read/write ("torch.distributed is disabled...");
-    export and import are single-process by design."""
-    import warnings
-
-    warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-
-
 def _size(nbytes: int) -> str:
     for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if nbytes >= scale:
@@ -81,7 +73,6 @@ def export_command(
     from grow_cli.interop.export import export_checkpoint
     from grow_cli.interop.safetensors_io import parse_size
 
-    _quiet_dcp()
     max_bytes = parse_size(shard_size)
     progress = _progress("exporting")
     with progress:
@@ -127,7 +118,6 @@ def import_command(
 ) -> None:
     from grow_cli.interop.import_ import import_llama
 
-    _quiet_dcp()
     progress = _progress("importing")
     with progress:
         task = progress.add_task("import", total=None, item="")
