@@ -33,6 +33,14 @@ EXTRA_STATE_MODULES = (
     "decoder.layers.mlp.linear_fc2",
 )
 
+# What `grow pretrain` stores beside the weights (megatron's optimizer state, per-rank RNG states):
+# readers that want the model skip these keys.
+TRAINING_STATE_PREFIXES = ("optimizer.", "rng_state")
+
+
+def is_training_state(key: str) -> bool:
+    return key.startswith(TRAINING_STATE_PREFIXES)
+
 
 def extra_state_objects(shape: ModelShape) -> dict[str, None]:
     """The `_extra_state` entries megatron writes for a local-spec GPTModel of `shape` (all None).

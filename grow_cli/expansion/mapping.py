@@ -27,6 +27,7 @@ from grow_cli.checkpoint.layout import (
     PROJ,
     QKV,
     extra_state_objects,
+    is_training_state,
     merge_qkv,
     split_fc1,
     split_qkv,
@@ -150,7 +151,8 @@ class ExpansionPlan:
         """Plan against an opened CheckpointReader, after checking its tensors are `source`'s."""
         vocab_rows = reader.shape(EMBEDDING)[0] if reader.has(EMBEDDING) else source.padded_vocab()
         expected = {s.key: s.shape for s in tensor_specs(source, vocab_rows)}
-        found = set(reader.tensor_keys())
+        # a training checkpoint also holds optimizer/RNG state: not carried (fresh optimizer)
+        found = {key for key in reader.tensor_keys() if not is_training_state(key)}
         missing = sorted(set(expected) - found)
         if missing:
             raise GrowError(f"{reader.path} lacks {', '.join(missing)}: not a GPT checkpoint of shape {source.describe()}")
@@ -164,7 +166,7 @@ class ExpansionPlan:
                     f"{source.describe()} ({shape}); the checkpoint is inconsistent"
                 )
         dtypes = {key: reader.dtype(key) for key in expected}
-        return cls(source, target, options, vocab_rows=vocab_rows, dtypes=dtypes, source_objects=tuple(reader.object_keys()))
+        return cls(source, target, options, vocab_rows=vocab_rows, dtypes=dtypes, source_objects=tuple(key for key in reader.object_keys() if not is_training_state(key)))
 
     # ---- axes ---------------------------------------------------------------------------
     @cached_property
