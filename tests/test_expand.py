@@ -277,6 +277,40 @@ def test_cli_verify_reports_exactness(work, tmp_path):
     assert summary["exact"] and any("optimizer state is not carried" in n for n in summary["notes"])
 
 
+def write_random_checkpoint(path: Path, shape: ModelShape, stage: str | None = None) -> None:
+    """A torch_dist checkpoint of `shape` with random weights, written without megatron."""
+    from grow_cli.checkpoint.layout import extra_state_objects, tensor_specs
+    from grow_cli.checkpoint.metadata import COMMON_KEY, CheckpointInfo
+    from grow_cli.checkpoint.tensors import whole, write_checkpoint
+
+    specs = {s.key: s.shape for s in tensor_specs(shape, shape.padded_vocab())}
+    generator = torch.Generator().manual_seed(0)
+    values = {key: torch.randn(size, generator=generator) * 0.02 for key, size in specs.items()}
+    path.mkdir()
+    write_checkpoint(path, [whole(k, v, torch.float32) for k, v in specs.items()], lambda p: values[p.key],
+                     common={COMMON_KEY: CheckpointInfo(shape=shape, stage=stage).to_dict()}, objects=extra_state_objects(shape))
+
+
+def test_target_from_plan_stage(tmp_path):
+    from grow_cli.planning.planfile import load_plan
+
+    plan_file = tmp_path / "plan.yaml"
+    made = run_grow(["plan", "--sizes", "2M,4M", "--tokens-per-param", "20", "--seq-len", "64", "--global-batch", "8",
+                     "--vocab", "1000", "--out", str(plan_file)])
+    assert made.returncode == 0, made.stderr[-2000:]
+    plan = load_plan(plan_file)
+    first, second = plan.stages
+    write_random_checkpoint(tmp_path / "src", first.shape, stage=first.name)
+    proc = run_grow(["expand", str(tmp_path / "src"), "--plan", str(plan_file), "--json", "--out", str(tmp_path / "out")])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = read_info(tmp_path / "out")
+    grown = ("hidden", "ffn", "layers", "heads", "kv_groups", "head_dim", "vocab")
+    assert [getattr(info.shape, f) for f in grown] == [getattr(second.shape, f) for f in grown]
+    assert info.stage == second.name and info.lineage[-1].details["plan"] == str(plan_file)
+    again = run_grow(["expand", str(tmp_path / "src"), "--plan", str(plan_file), "--stage", "1", "--out", str(tmp_path / "x")])
+    assert again.returncode == 2 and "nothing to expand" in again.stderr
+
+
 # ---- bad inputs ------------------------------------------------------------------------------
 BAD = [
     (["--hidden", "48"], "smaller than the source"),
