@@ -33,7 +33,7 @@ def _gib(n: float) -> str:
 
 
 def expand_command(
-    source: Path = typer.Argument(..., help="Source checkpoint directory (torch_dist, saved at any TP/PP)."),
+    source: Path = typer.Argument(..., help="Source checkpoint (torch_dist, saved at any TP/PP), or a pretrain run directory / its `latest` file (newest checkpoint)."),
     to: Optional[str] = typer.Option(None, "--to", help="Target size: a preset (1B, 2B, 4B, 8B) or any size such as 600M."),
     plan: Optional[Path] = typer.Option(None, "--plan", help="Plan file from `grow plan --out`; the target is one of its stages."),
     stage: Optional[str] = typer.Option(None, "--stage", help="Plan stage (index or name); default: the stage after the source's."),
@@ -93,7 +93,7 @@ def _dry_run(source: Path, out: Optional[Path], request, options, force: bool, a
     reader, info = open_source(source)
     target, _ = resolve_target(info.shape, request, info.stage)
     if out is not None:
-        check_paths(source, out, force)
+        check_paths(reader.path, out, force)
     plan = ExpansionPlan.for_checkpoint(reader, info.shape, target, options)
     bytes_read = 0
     for read in planned_reads(plan, int(os.environ.get("WORLD_SIZE", "1"))):

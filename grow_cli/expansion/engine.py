@@ -15,7 +15,6 @@ from __future__ import annotations
 import queue
 import threading
 import time
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -225,8 +224,8 @@ def expand_checkpoint(
     `on_piece(piece, done, total)` is called after each piece this rank produces (progress).
     """
     start = time.perf_counter()
-    source, output = Path(source), Path(output)
     reader, info = open_source(source)
+    source, output = reader.path, Path(output)  # a run directory or `latest` names its checkpoint
     check_paths(source, output, force)
     check_growth(info.shape, target)
     expansion = ExpansionPlan.for_checkpoint(reader, info.shape, target, options)
@@ -250,9 +249,7 @@ def expand_checkpoint(
     # idle OpenMP workers spin, so sharing every core between both measured slower
     torch.set_num_threads(max(1, threads - 1))
     try:
-        with atomic_directory(output, force=force, what="output") as tmp, warnings.catch_warnings():
-            # DCP warns that a write without a process group is single-process: that is intended
-            warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        with atomic_directory(output, force=force, what="output") as tmp:
             prefetch = Prefetcher(mine, lambda piece: expansion.build(piece, cache))
             write_checkpoint(
                 tmp,

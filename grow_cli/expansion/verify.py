@@ -9,7 +9,6 @@ Loss is next-token cross-entropy over the real vocabulary (padding rows excluded
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,10 +104,7 @@ def _logits_and_loss(path: Path, tokens: torch.Tensor) -> tuple[torch.Tensor, fl
     from grow_cli.checkpoint.model_io import model_from_checkpoint
     from grow_cli.runtime.model import ParallelLayout
 
-    with warnings.catch_warnings():
-        # megatron's deprecation and "Apex/TE not installed" warnings say nothing about the check
-        warnings.simplefilter("ignore")
-        model, info = model_from_checkpoint(path, ParallelLayout())
+    model, info = model_from_checkpoint(path, ParallelLayout())
     model.eval()
     inputs, labels = tokens[:, :-1], tokens[:, 1:]
     positions = torch.arange(inputs.shape[1]).unsqueeze(0).expand_as(inputs)
