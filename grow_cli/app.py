@@ -65,9 +65,10 @@ def _quiet_library_warnings() -> None:
         "Apex is not installed.*",
         "full scope is deprecated.*",
         "The .grad attribute of a Tensor that is not a leaf Tensor is being accessed.*",
+        "Please use DTensor instead and we are deprecating ShardedTensor.*",
     ):
         warnings.filterwarnings("ignore", message=message)
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch\.distributed|megatron)")
 
 
 def _rank() -> int:

@@ -36,8 +36,11 @@ class RunCost:
 
 
 def run_directory(checkpoint: str | Path) -> Path | None:
-    """The `grow pretrain` run directory holding `checkpoint` (None for a standalone checkpoint)."""
-    path = Path(checkpoint)
+    """The `grow pretrain` run directory holding `checkpoint` (None for a standalone checkpoint).
+    Lineage records keep paths as typed, so a run directory or its `latest` is resolved first."""
+    from grow_cli.checkpoint.locate import resolve_checkpoint
+
+    path = resolve_checkpoint(checkpoint)
     if _CHECKPOINT_DIR.match(path.name) and (path.parent / METRICS_FILE).is_file():
         return path.parent
     return None
