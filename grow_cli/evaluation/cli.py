@@ -50,9 +50,12 @@ def eval_command(
     plots: Annotated[Path | None, typer.Option(help="Write PNG figures into this directory.")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing --markdown file or --plots directory.")] = False,
 ) -> None:
-    """Evaluate checkpoints: validation perplexity and bits per byte, zero-shot accuracy through
-    lm-evaluation-harness, and layer diagnostics on the pre-norm residual stream (movement d_l,
-    C_model, logit lens, block influence, angular distance), as a series table."""
+    """Evaluate checkpoints: perplexity, zero-shot tasks (lm-eval) and layer diagnostics, as a series table.
+
+    Validation perplexity and bits per byte; zero-shot accuracy through lm-evaluation-harness on
+    local task data; layer diagnostics on the pre-norm residual stream (movement d_l, C_model,
+    logit lens, block influence, angular distance, PCA).
+    """
     _quiet_environment()
     from grow_cli.checkpoint.atomic import check_output
     from grow_cli.evaluation.command import EvalRequest, run_eval

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 from dataclasses import dataclass
 
 import torch
@@ -33,12 +32,6 @@ class Runtime:
         return self.rank == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234, sequence_parallel: bool = False) -> Runtime:
     """Initialise torch.distributed and megatron's parallel state for TP x PP x DP.
 
@@ -56,15 +49,15 @@ def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234, sequence_parall
     if not torch.distributed.is_initialized():
         world = int(os.environ.get("WORLD_SIZE", "1"))
         rank = int(os.environ.get("RANK", "0"))
-        if "MASTER_ADDR" not in os.environ:
-            os.environ["MASTER_ADDR"] = "127.0.0.1"
-            os.environ["MASTER_PORT"] = str(_free_port())
+        # A world of one needs no rendezvous: an in-process store cannot race for a TCP port.
+        store = torch.distributed.HashStore() if world == 1 and "MASTER_ADDR" not in os.environ else None
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         torch.distributed.init_process_group(
             backend="nccl" if cuda else "gloo",
             world_size=world,
             rank=rank,
+            store=store,
             timeout=datetime.timedelta(minutes=30),
         )
     world = torch.distributed.get_world_size()
