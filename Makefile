@@ -44,8 +44,11 @@ test-fast: install
 demo: install
 	bash examples/demo.sh $(DEMO_DIR)
 
+# Each benchmark prints its table beside its baseline and appends a section to docs/benchmarks.md.
 bench: install
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/pretrain_throughput.py
+	$(BIN)/python bench/expand_memory.py
+	$(BIN)/python bench/eval_lens.py
 
 clean:
 	rm -rf $(VENV) .cache demo .pytest_cache

@@ -30,8 +30,9 @@ import threading
 import time
 from pathlib import Path
 
+from benchdoc import append_section
+
 REPO = Path(__file__).resolve().parents[1]
-DOC = REPO / "docs" / "benchmarks.md"
 VOCAB = 50257
 SEQ = 512
 
@@ -255,10 +256,7 @@ def _append_doc(args, lines: list[str]) -> None:
         *lines,
         "",
     ]
-    with DOC.open("a") as handle:
-        if DOC.stat().st_size == 0:
-            handle.write("# Benchmarks\n\nMeasured numbers; each section says when, where and how.\n")
-        handle.write("\n".join(section))
+    append_section("\n".join(section))
 
 
 if __name__ == "__main__":

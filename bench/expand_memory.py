@@ -31,8 +31,9 @@ import time
 import zlib
 from pathlib import Path
 
+from benchdoc import append_section
+
 REPO = Path(__file__).resolve().parents[1]
-DOC = REPO / "docs" / "benchmarks.md"
 CHUNK = 16 << 20
 
 
@@ -283,11 +284,7 @@ def main() -> None:
     report = render(args, command, source_shape, target_shape, layer, results)
     print(report)
     if not args.no_doc:
-        DOC.parent.mkdir(exist_ok=True)
-        if not DOC.exists():
-            DOC.write_text("# Benchmarks\n\nEach section: what was measured, on which machine, with which command.\n")
-        with open(DOC, "a") as handle:
-            handle.write("\n" + report)
+        append_section(report)
 
 
 def render(args, command, source, target, layer, results) -> str:

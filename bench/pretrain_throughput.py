@@ -30,8 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchdoc import append_section
+
 REPO = Path(__file__).resolve().parents[1]
-DOC = REPO / "docs" / "benchmarks.md"
 
 
 def tiny_shape(seq_len: int):
@@ -218,11 +219,7 @@ def main() -> None:
         if runtime.is_main:
             print(report)
             if not args.no_doc:
-                DOC.parent.mkdir(exist_ok=True)
-                if not DOC.exists():
-                    DOC.write_text("# Benchmarks\n\nEach section: what was measured, on which machine, with which command.\n")
-                with open(DOC, "a") as handle:
-                    handle.write("\n" + report)
+                append_section(report)
     finally:
         shutdown()
 
