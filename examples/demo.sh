@@ -18,7 +18,8 @@ step "1/6 tokenize the shipped corpus (GPT-2 BPE) into megatron indexed data"
 [ -f "$WORK/data/shakespeare.json" ] || \
   $GROW data prepare --input shakespeare --out "$WORK/data/shakespeare" --valid-fraction 0.05
 
-step "2/6 plan a 2M -> 4M series (sequence 128, a deliberately tiny token budget)"
+step "2/6 plan the reference series (1B -> 8B at 2x Chinchilla), then the 2M -> 4M series we train here"
+$GROW plan --max 8B --chinchilla 2x --plot "$WORK/reference-plan.png"
 [ -f "$WORK/plan.yaml" ] || \
   $GROW plan --sizes 2M,4M --seq-len 128 --tokens 160K --global-batch 8 --micro-batch 4 --warmup-min 5 \
     --out "$WORK/plan.yaml" --plot "$WORK/plan.png"
@@ -41,5 +42,5 @@ $GROW eval "$WORK/runs/2M" "$WORK/runs/4M" --data "$WORK/data/shakespeare" --dia
   --markdown "$WORK/series.md" --plots "$WORK/plots" --force
 
 echo
-echo "Done. Plan: $WORK/plan.yaml ($WORK/plan.png); runs: $WORK/runs/*/metrics.jsonl;"
+echo "Done. Plans: $WORK/reference-plan.png, $WORK/plan.yaml ($WORK/plan.png); runs: $WORK/runs/*/metrics.jsonl;"
 echo "series table: $WORK/series.md; figures: $WORK/plots/"
