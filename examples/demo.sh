@@ -19,7 +19,7 @@ step "1/6 tokenize the shipped corpus (GPT-2 BPE) into megatron indexed data"
   $GROW data prepare --input shakespeare --out "$WORK/data/shakespeare" --valid-fraction 0.05
 
 step "2/6 plan the reference series (1B -> 8B at 2x Chinchilla), then the 2M -> 4M series we train here"
-$GROW plan --max 8B --chinchilla 2x --plot "$WORK/reference-plan.png"
+$GROW plan --max 8B --chinchilla 2x --plot "$WORK/reference-plan.png" --force
 [ -f "$WORK/plan.yaml" ] || \
   $GROW plan --sizes 2M,4M --seq-len 128 --tokens 160K --global-batch 8 --micro-batch 4 --warmup-min 5 \
     --out "$WORK/plan.yaml" --plot "$WORK/plan.png"
