@@ -43,3 +43,13 @@ def tiny_shape():
     from grow_cli.shape import ModelShape
 
     return ModelShape(hidden=64, ffn=176, layers=2, heads=4, kv_groups=2, head_dim=16, vocab=1000, seq_len=32)
+
+
+@pytest.fixture(scope="module")
+def megatron_runtime():
+    """megatron-core's parallel state for one process (TP=1, PP=1), torn down after the module."""
+    from grow_cli.runtime.distributed import init_distributed, shutdown
+
+    runtime = init_distributed(tp=1, pp=1)
+    yield runtime
+    shutdown()

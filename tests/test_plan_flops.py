@@ -17,14 +17,6 @@ SHAPES = {
 }
 
 
-@pytest.fixture(scope="module")
-def megatron_runtime():
-    from grow_cli.runtime.distributed import init_distributed, shutdown
-
-    runtime = init_distributed(tp=1, pp=1)
-    yield runtime
-    shutdown()
-
 
 def _measured_flops_per_token(shape: ModelShape) -> tuple[float, int]:
     """FLOPs torch executes for one forward + backward of a megatron GPTModel, per token."""

@@ -21,14 +21,6 @@ TINY_SHAPES = {
 }
 
 
-@pytest.fixture(scope="module")
-def megatron_runtime():
-    from grow_cli.runtime.distributed import init_distributed, shutdown
-
-    runtime = init_distributed(tp=1, pp=1)
-    yield runtime
-    shutdown()
-
 
 @pytest.mark.parametrize("key", sorted(TINY_SHAPES))
 def test_param_counts_match_megatron_gpt_model(megatron_runtime, key):
