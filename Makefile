@@ -42,7 +42,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: install
-	bash examples/demo.sh $(DEMO_DIR)
+	GROW=$(CURDIR)/$(BIN)/grow bash examples/demo.sh $(DEMO_DIR)
 
 # Each benchmark prints its table beside its baseline and appends a section to docs/benchmarks.md.
 bench: install
