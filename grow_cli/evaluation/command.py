@@ -7,7 +7,6 @@ seconds with one line. Under torchrun every rank runs this; rank 0 alone prints 
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -17,7 +17,7 @@ from grow_cli.planning.flops import CONVENTIONS, flops_per_token
 from grow_cli.planning.hardware import GPUSpec, gpu_spec
 from grow_cli.planning.lr import LRLadder
 from grow_cli.planning.memory import smallest_fitting_layout
-from grow_cli.planning.planfile import Layout, Plan
+from grow_cli.planning.planfile import Layout, Plan, StagePlan
 from grow_cli.units import format_count
 
 _FLOP_UNITS = (("Z", 1e21), ("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9))

@@ -93,8 +93,8 @@ def render_sbatch(job: SlurmJob, grow_args: list[str]) -> str:
         "",
         'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         f"MASTER_PORT=${{MASTER_PORT:-{job.port}}}",
-        f'echo "grow: job $SLURM_JOB_ID on $SLURM_JOB_NUM_NODES node(s), rendezvous $MASTER_ADDR:$MASTER_PORT, '
-        f'restart ${{SLURM_RESTART_COUNT:-0}}"',
+        'echo "grow: job $SLURM_JOB_ID on $SLURM_JOB_NUM_NODES node(s), rendezvous $MASTER_ADDR:$MASTER_PORT, '
+        'restart ${SLURM_RESTART_COUNT:-0}"',
         "",
         f"srun --ntasks-per-node=1 --kill-on-bad-exit=1 {shlex.quote(job.python)} -m torch.distributed.run \\",
         f"    --nnodes={job.nodes} --nproc-per-node={job.gpus_per_node} \\",
