@@ -4,10 +4,10 @@ Every metric of `grow eval` comes from this one forward. The model is megatron-c
 GPTModel loaded from the torch_dist checkpoint at the requested tensor-parallel degree; logits
 are gathered across TP ranks (`runtime_gather_output`) so every rank sees the full vocabulary.
 
-Scores use the tokenizer's vocabulary only (ids < shape.vocab): megatron pads the output layer
-to a multiple of 128·TP, and those rows are no tokens. Loaded at a higher TP than it was saved
-with, a checkpoint gets extra zero-filled rows whose logits (0) would otherwise change every
-softmax with the TP degree; cutting them makes results identical at any TP and equal to what an
+Scores use the tokenizer's vocabulary only (ids < shape.vocab): the output layer is padded
+(grow: 128·8 rows at TP 1/2/4/8; Megatron-LM checkpoints: 128·TP), and those rows are no tokens.
+Loaded at a layout with more rows than it was saved with, a checkpoint gets extra zero-filled
+rows whose logits (0) would otherwise change every softmax; cutting them makes results identical at any TP and equal to what an
 exported Hugging Face model computes.
 
 Layer diagnostics need the PRE-NORM residual stream: the output of the embedding (h_{-1}) and of

@@ -125,9 +125,9 @@ def build_gpt_model(
 ):
     """Instantiate this rank's GPTModel piece (model parallel state must be initialised).
 
-    Vocabulary is padded to a multiple of 128 x TP, as Megatron-LM does, so checkpoints of the
-    same shape line up whatever the TP; `pre_process`/`post_process` default to this rank's
-    pipeline stage.
+    Vocabulary is padded by `shape.padded_vocab(tp)` (128 x 8 rows, the same at TP 1/2/4/8), so
+    checkpoints of a shape line up, and compute the same loss, whatever the TP;
+    `pre_process`/`post_process` default to this rank's pipeline stage.
     """
     from megatron.core import parallel_state
     from megatron.core.models.gpt.gpt_model import GPTModel
