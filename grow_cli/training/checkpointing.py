@@ -281,13 +281,8 @@ def save_train_checkpoint(config: TrainConfig, engine, state: TrainState, info: 
             "identity": config.identity(),
         },
     }
-    record = CheckpointInfo(
-        shape=info.shape,
-        iteration=state.iteration,
-        consumed_samples=state.consumed_samples,
-        stage=info.stage,
-        lineage=info.lineage,
-        checkpoint_id=checkpoint_id,
+    record = replace(
+        info, iteration=state.iteration, consumed_samples=state.consumed_samples, checkpoint_id=checkpoint_id
     )
     path = config.out / checkpoint_name(state.iteration)
     save_model_checkpoint(path, engine.gpt, record, extra_state=extra, force=True, sharded_strategy=_save_strategy())
