@@ -21,7 +21,10 @@ from pathlib import Path
 import pytest
 
 from grow_cli.errors import GrowError
-from grow_cli.training.config import PretrainOptions, resolve_config
+from grow_cli.runtime.cpu_compat import CPU
+from grow_cli.runtime.device import CUDA
+from grow_cli.training.config import resolve_config
+from grow_cli.training.options import PretrainOptions
 
 from conftest import run_grow, run_ranks
 
@@ -212,15 +215,15 @@ def test_plan_stage_settings_and_token_budget(data, tmp_path):
     from grow_cli.planning.planfile import load_plan
 
     stage = load_plan(plan).stage(2)
-    config = resolve_config(PretrainOptions(data=data, out=str(tmp_path / "o"), plan=str(plan), stage="2"), world_size=1, cuda=False)
+    config = resolve_config(PretrainOptions(data=data, out=str(tmp_path / "o"), plan=str(plan), stage="2", from_scratch=True), world_size=1, device=CPU)
     assert config.shape == stage.shape and config.stage == "4M"
     assert config.batch.train_iters == math.ceil(stage.tokens_incremental / (16 * 64))
     assert (config.optimizer.lr, config.optimizer.min_lr, config.optimizer.warmup_iters) == (stage.lr, stage.min_lr, stage.warmup_iters)
     assert config.model.dtype == "fp32" and not config.parallel.sequence_parallel
-    short = resolve_config(PretrainOptions(data=data, out="o", plan=str(plan), stage="4M", iters=50, tokens=None), world_size=1, cuda=False)
+    short = resolve_config(PretrainOptions(data=data, out="o", plan=str(plan), stage="4M", iters=50, tokens=None, from_scratch=True), world_size=1, device=CPU)
     assert short.optimizer.warmup_iters == round(stage.warmup_iters * 50 / stage.train_iters)
-    budget = resolve_config(PretrainOptions(data=data, out="o", plan=str(plan), stage="1", tokens="1M"), world_size=4, cuda=True)
-    assert budget.batch.train_iters == math.ceil(1e6 / (16 * 64)) and budget.parallel.dp == 4
+    budget = resolve_config(PretrainOptions(data=data, out="o", plan=str(plan), stage="1", tokens="1M"), world_size=4, device=CUDA)
+    assert budget.batch.train_iters == math.ceil(1e6 / (16 * 64)) and budget.parallel.layout.dp == 4
     assert budget.model.dtype == "bf16"
 
 
@@ -229,7 +232,7 @@ def test_lr_schedule_is_warmup_then_cosine_over_samples(data, tmp_path):
 
     from grow_cli.training.schedule import build_scheduler
 
-    config = resolve_config(tiny_options(data, str(tmp_path), iters=40, lr=1e-3, min_lr=1e-4, warmup_iters=5), world_size=1, cuda=False)
+    config = resolve_config(tiny_options(data, str(tmp_path), iters=40, lr=1e-3, min_lr=1e-4, warmup_iters=5), world_size=1, device=CPU)
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
     scheduler = build_scheduler(config, optimizer)
     for iteration in range(1, 41):
@@ -245,7 +248,7 @@ def test_run_directory_identity(data, tmp_path):
     from grow_cli.training.checkpointing import check_run_directory, write_run_record
 
     out = tmp_path / "run"
-    config = resolve_config(tiny_options(data, str(out)), world_size=1, cuda=False)
+    config = resolve_config(tiny_options(data, str(out)), world_size=1, device=CPU)
     assert check_run_directory(config) is None  # does not exist yet
     write_run_record(config)
     assert check_run_directory(config) is None  # same run, nothing saved yet
@@ -253,18 +256,18 @@ def test_run_directory_identity(data, tmp_path):
     (out / "iter_0000010" / "metadata.json").write_text("{}")
     assert check_run_directory(config) == out / "iter_0000010"
     with pytest.raises(GrowError, match="drop --no-resume"):
-        check_run_directory(resolve_config(tiny_options(data, str(out), resume=False), world_size=1, cuda=False))
+        check_run_directory(resolve_config(tiny_options(data, str(out), resume=False), world_size=1, device=CPU))
     with pytest.raises(GrowError, match="another run"):
-        check_run_directory(resolve_config(tiny_options(data, str(out), hidden=128), world_size=1, cuda=False))
+        check_run_directory(resolve_config(tiny_options(data, str(out), hidden=128), world_size=1, device=CPU))
     with pytest.raises(GrowError, match="global_batch=8"):
-        check_run_directory(resolve_config(tiny_options(data, str(out), global_batch=16), world_size=1, cuda=False))
+        check_run_directory(resolve_config(tiny_options(data, str(out), global_batch=16), world_size=1, device=CPU))
     # another layout and micro batch are the same run
-    assert check_run_directory(resolve_config(tiny_options(data, str(out), micro_batch=4, tp=2), world_size=2, cuda=False))
+    assert check_run_directory(resolve_config(tiny_options(data, str(out), micro_batch=4, tp=2), world_size=2, device=CPU))
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(GrowError, match="holds other files"):
-        check_run_directory(resolve_config(tiny_options(data, str(foreign)), world_size=1, cuda=False))
+        check_run_directory(resolve_config(tiny_options(data, str(foreign)), world_size=1, device=CPU))
 
 
 def test_metrics_truncation_and_throughput(tmp_path):
