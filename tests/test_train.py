@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -227,6 +228,31 @@ def test_plan_stage_settings_and_token_budget(data, tmp_path):
     assert budget.model.dtype == "bf16"
 
 
+def test_resolution_is_pure_and_a_grown_stage_needs_its_start(tmp_path):
+    """`resolve` decides from objects alone (no data, plan or checkpoint on disk)."""
+    from grow_cli.data.info import DataInfo, SplitInfo
+    from grow_cli.layout import Layout
+    from grow_cli.planning.planner import PlanRequest, build_plan
+    from grow_cli.training.config import RunInputs, resolve
+
+    plan = build_plan(PlanRequest(sizes=("2M", "4M"), tokens_per_param=20.0, seq_len=64, global_batch=16, layout=Layout(tp=2)))
+    first, second = plan.stages
+    data = DataInfo(prefix=str(tmp_path / "nowhere"), tokenizer="gpt2", vocab_size=second.shape.vocab, eos_id=0, dtype="uint16",
+                    seed=0, valid_fraction=0.1, sources=(), train=SplitInfo(1, 10**6), valid=SplitInfo(1, 10**4), fingerprint="-")
+    options = PretrainOptions(data=data.prefix, out=str(tmp_path / "run"), plan="p.yaml", stage="2")
+    with pytest.raises(GrowError, match=r"grows from 2M: give --init CKPT .*or --from-scratch"):
+        resolve(options, RunInputs(data, second), world_size=8, device=CUDA)
+    with pytest.raises(GrowError, match="contradict"):
+        resolve(replace(options, init="ckpt", from_scratch=True), RunInputs(data, second), world_size=8, device=CUDA)
+    grown = resolve(replace(options, init="ckpt"), RunInputs(data, second), world_size=8, device=CUDA)
+    assert grown.init == str(Path("ckpt").resolve()) and grown.shape == second.shape
+    assert grown.parallel.layout == Layout(tp=2, pp=1, dp=4) and grown.model.dtype == "bf16"
+    assert grown.batch.train_iters == math.ceil(second.tokens_incremental / (16 * 64))
+    scratch = resolve(replace(options, from_scratch=True, tp=1), RunInputs(data, second), world_size=1, device=CPU)
+    assert scratch.init is None and scratch.parallel.layout == Layout() and scratch.model.dtype == "fp32"
+    assert resolve(replace(options, stage="1"), RunInputs(data, first), world_size=2, device=CPU).init is None
+
+
 def test_lr_schedule_is_warmup_then_cosine_over_samples(data, tmp_path):
     import torch
 
@@ -347,12 +373,14 @@ def empty_data(data, tmp_path_factory) -> str:
         ("world size", ["--tp", "2"], {"WORLD_SIZE": "3"}, "world size 3 is not divisible"),
         ("batch", ["--global-batch", "7", "--micro-batch", "2"], {}, "not a multiple of micro batch"),
         ("slurm flag", ["--submit"], {}, "belong to `grow slurm`"),
+        ("slurm allocation flag", ["--nodes", "2"], {}, "belong to `grow slurm`"),
+        ("grown stage without --init", ["--plan", "PLAN", "--stage", "2"], {}, "give --init CKPT"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(case, extra, env, message, data, empty_data, tmp_path, monkeypatch):
     plan = tmp_path / "plan.yaml"
     if "PLAN" in extra:
-        assert run_grow(["plan", "--sizes", "2M", "--seq-len", "64", "--out", str(plan)]).returncode == 0
+        assert run_grow(["plan", "--sizes", "2M,4M", "--seq-len", "64", "--out", str(plan)]).returncode == 0
     extra = [{"EMPTY": empty_data, "PLAN": str(plan)}.get(a, a) for a in extra]
     for key, value in env.items():
         monkeypatch.setenv(key, value)
