@@ -150,13 +150,6 @@ def _table(title: str) -> Table:
     return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
 
 
-def _tokens_cell(stage: StagePlan) -> str:
-    text = format_count(stage.tokens_incremental)
-    if stage.repeated_tokens:
-        text += f"\n[yellow]({format_count(stage.repeated_tokens)} repeated)[/yellow]"
-    return text
-
-
 def render(plan: Plan, console: Console) -> None:
     """Print the shapes, budget and training tables, the totals and the conventions table."""
     totals, gpu, layout = plan.totals, _gpu(plan), plan.stages[0].layout
