@@ -238,6 +238,8 @@ def _verdict(results: list[dict]) -> list[str]:
 def _append_doc(args, lines: list[str]) -> None:
     import torch
 
+    from grow_cli.runtime.device import device_policy
+
     command = "python bench/eval_lens.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in (("layers", args.layers), ("tokens", args.tokens), ("hidden", args.hidden),
                                                     ("threads", args.threads), ("repeats", args.repeats))
@@ -247,7 +249,7 @@ def _append_doc(args, lines: list[str]) -> None:
         f"## eval: logit lens, streamed vs naive ({datetime.date.today().isoformat()})",
         "",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores ({args.threads} torch threads), "
-        f"torch {torch.__version__}, {'CUDA' if torch.cuda.is_available() else 'CPU only'}; shared with other jobs "
+        f"torch {torch.__version__}, {'CUDA' if device_policy().cuda else 'CPU only'}; shared with other jobs "
         f"(load average {os.getloadavg()[0]:.1f} at the end)",
         f"- model: random megatron GPTModel, hidden {args.hidden}, GPT-2 vocabulary ({VOCAB}), sequence {SEQ}; "
         f"lens over L + 1 states (embedding + L layers), {args.tokens} tokens; tiles {args.token_chunk} tokens x {args.vocab_chunk} words",

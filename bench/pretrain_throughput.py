@@ -42,6 +42,7 @@ def tiny_shape(seq_len: int):
 
 
 def make_config(args, shape, name: str, nominal: float, attention: str, dtype: str, dp: int):
+    from grow_cli.layout import Layout
     from grow_cli.training.config import (
         BatchSettings,
         IntervalSettings,
@@ -53,7 +54,7 @@ def make_config(args, shape, name: str, nominal: float, attention: str, dtype: s
 
     return TrainConfig(
         model=ModelSettings(shape, name, nominal, attention, dtype, args.recompute),
-        parallel=ParallelSettings(args.tp, args.pp, dp, sequence_parallel=False, distributed_optimizer=True),
+        parallel=ParallelSettings(Layout(args.tp, args.pp, dp), sequence_parallel=False, distributed_optimizer=True),
         optimizer=OptimizerSettings(lr=1e-4, min_lr=1e-5, warmup_iters=0),
         batch=BatchSettings(args.global_batch, args.micro_batch, train_iters=args.warmup + args.steps),
         intervals=IntervalSettings(),
@@ -97,7 +98,7 @@ def measure(args, runtime, config) -> dict:
     model_parallel_cuda_manual_seed(config.seed)
     engine = Engine(config, runtime, LanguageModeling())
     batches = random_batches(config.shape, config.batch.micro_batch, runtime.device)
-    cuda = torch.cuda.is_available()
+    cuda = runtime.policy.cuda
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     first_loss = engine.train_step(batches).mean("lm loss")
@@ -185,12 +186,13 @@ def main() -> None:
 
     import torch
 
+    from grow_cli.runtime.device import device_policy
     from grow_cli.runtime.distributed import init_distributed, shutdown
     from grow_cli.runtime.model import have_transformer_engine
     from grow_cli.shape import resolve_shape
     from grow_cli.training.metrics import device_peak_flops
 
-    cuda = torch.cuda.is_available()
+    cuda = device_policy().cuda
     seq_len = args.seq_len or (1024 if cuda else 256)
     if args.size or cuda:
         name, nominal, shape = resolve_shape(args.size or "1B", seq_len=seq_len)

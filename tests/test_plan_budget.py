@@ -10,7 +10,7 @@ from grow_cli.errors import GrowError
 from grow_cli.planning.budget import fixed_corpus_use, progressive_budgets
 from grow_cli.planning.flops import CONVENTIONS
 from grow_cli.planning.lr import LRLadder, ScheduleRule
-from grow_cli.planning.planfile import Layout
+from grow_cli.layout import Layout
 from grow_cli.planning.planner import PlanRequest, build_plan
 from grow_cli.planning.series import growth_problems, series_sizes, tokens_per_param
 from grow_cli.shape import PRESETS, ModelShape, nearest_shape_for_tp

@@ -23,10 +23,11 @@ def _measured_flops_per_token(shape: ModelShape) -> tuple[float, int]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from grow_cli.runtime.model import ParallelLayout, build_gpt_model
+    from grow_cli.layout import Layout
+    from grow_cli.runtime.model import build_gpt_model
 
     # megatron's reference ("local") attention runs the scores as (b)mm, which the counter sees
-    model = build_gpt_model(shape, ParallelLayout(), attention="local")
+    model = build_gpt_model(shape, Layout(), attention="local")
     batch = 2
     tokens = torch.randint(0, shape.vocab, (batch, shape.seq_len))
     positions = torch.arange(shape.seq_len).unsqueeze(0).expand(batch, -1)

@@ -10,7 +10,7 @@ import pytest
 from grow_cli.errors import GrowError
 from grow_cli.planning.hardware import GIB, gpu_spec
 from grow_cli.planning.memory import check_batch, estimate_memory, params_per_gpu, smallest_fitting_layout
-from grow_cli.planning.planfile import Layout
+from grow_cli.layout import Layout
 from grow_cli.shape import PRESETS, ModelShape
 
 HERE = Path(__file__).parent
@@ -92,7 +92,7 @@ def test_smallest_fitting_layout_is_smallest():
         layout, estimate = smallest_fitting_layout(shape, capacity, micro_batch=1, global_batch=512)
         assert estimate.total_gib <= capacity
         assert estimate == estimate_memory(shape, layout, 1, 512)
-        for gpus in (g for g in (1, 2, 4, 8, 16) if g < layout.gpus):
+        for gpus in (g for g in (1, 2, 4, 8, 16) if g < layout.world_size):
             for tp in shape.feasible_tp(8):
                 for pp in (p for p in range(1, shape.layers + 1) if shape.layers % p == 0):
                     if gpus % (tp * pp) or 512 % (gpus // (tp * pp)):

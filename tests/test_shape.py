@@ -24,10 +24,11 @@ TINY_SHAPES = {
 
 @pytest.mark.parametrize("key", sorted(TINY_SHAPES))
 def test_param_counts_match_megatron_gpt_model(megatron_runtime, key):
-    from grow_cli.runtime.model import ParallelLayout, build_gpt_model
+    from grow_cli.layout import Layout
+    from grow_cli.runtime.model import build_gpt_model
 
     shape = TINY_SHAPES[key]
-    model = build_gpt_model(shape, ParallelLayout(), attention="local")
+    model = build_gpt_model(shape, Layout(), attention="local")
     vocab = shape.padded_vocab(1)
     counts = shape.param_counts(vocab)
     params = dict(model.named_parameters())

@@ -16,12 +16,16 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from grow_cli.errors import GrowError
-from grow_cli.training.config import PretrainOptions, resolve_config
+from grow_cli.runtime.cpu_compat import CPU
+from grow_cli.runtime.device import CUDA
+from grow_cli.training.config import resolve_config
+from grow_cli.training.options import PretrainOptions
 
 from conftest import run_grow, run_ranks
 
@@ -212,16 +216,41 @@ def test_plan_stage_settings_and_token_budget(data, tmp_path):
     from grow_cli.planning.planfile import load_plan
 
     stage = load_plan(plan).stage(2)
-    config = resolve_config(PretrainOptions(data=data, out=str(tmp_path / "o"), plan=str(plan), stage="2"), world_size=1, cuda=False)
+    config = resolve_config(PretrainOptions(data=data, out=str(tmp_path / "o"), plan=str(plan), stage="2", from_scratch=True), world_size=1, device=CPU)
     assert config.shape == stage.shape and config.stage == "4M"
     assert config.batch.train_iters == math.ceil(stage.tokens_incremental / (16 * 64))
     assert (config.optimizer.lr, config.optimizer.min_lr, config.optimizer.warmup_iters) == (stage.lr, stage.min_lr, stage.warmup_iters)
     assert config.model.dtype == "fp32" and not config.parallel.sequence_parallel
-    short = resolve_config(PretrainOptions(data=data, out="o", plan=str(plan), stage="4M", iters=50, tokens=None), world_size=1, cuda=False)
+    short = resolve_config(PretrainOptions(data=data, out="o", plan=str(plan), stage="4M", iters=50, tokens=None, from_scratch=True), world_size=1, device=CPU)
     assert short.optimizer.warmup_iters == round(stage.warmup_iters * 50 / stage.train_iters)
-    budget = resolve_config(PretrainOptions(data=data, out="o", plan=str(plan), stage="1", tokens="1M"), world_size=4, cuda=True)
-    assert budget.batch.train_iters == math.ceil(1e6 / (16 * 64)) and budget.parallel.dp == 4
+    budget = resolve_config(PretrainOptions(data=data, out="o", plan=str(plan), stage="1", tokens="1M"), world_size=4, device=CUDA)
+    assert budget.batch.train_iters == math.ceil(1e6 / (16 * 64)) and budget.parallel.layout.dp == 4
     assert budget.model.dtype == "bf16"
+
+
+def test_resolution_is_pure_and_a_grown_stage_needs_its_start(tmp_path):
+    """`resolve` decides from objects alone (no data, plan or checkpoint on disk)."""
+    from grow_cli.data.info import DataInfo, SplitInfo
+    from grow_cli.layout import Layout
+    from grow_cli.planning.planner import PlanRequest, build_plan
+    from grow_cli.training.config import RunInputs, resolve
+
+    plan = build_plan(PlanRequest(sizes=("2M", "4M"), tokens_per_param=20.0, seq_len=64, global_batch=16, layout=Layout(tp=2)))
+    first, second = plan.stages
+    data = DataInfo(prefix=str(tmp_path / "nowhere"), tokenizer="gpt2", vocab_size=second.shape.vocab, eos_id=0, dtype="uint16",
+                    seed=0, valid_fraction=0.1, sources=(), train=SplitInfo(1, 10**6), valid=SplitInfo(1, 10**4), fingerprint="-")
+    options = PretrainOptions(data=data.prefix, out=str(tmp_path / "run"), plan="p.yaml", stage="2")
+    with pytest.raises(GrowError, match=r"grows from 2M: give --init CKPT .*or --from-scratch"):
+        resolve(options, RunInputs(data, second), world_size=8, device=CUDA)
+    with pytest.raises(GrowError, match="contradict"):
+        resolve(replace(options, init="ckpt", from_scratch=True), RunInputs(data, second), world_size=8, device=CUDA)
+    grown = resolve(replace(options, init="ckpt"), RunInputs(data, second), world_size=8, device=CUDA)
+    assert grown.init == str(Path("ckpt").resolve()) and grown.shape == second.shape
+    assert grown.parallel.layout == Layout(tp=2, pp=1, dp=4) and grown.model.dtype == "bf16"
+    assert grown.batch.train_iters == math.ceil(second.tokens_incremental / (16 * 64))
+    scratch = resolve(replace(options, from_scratch=True, tp=1), RunInputs(data, second), world_size=1, device=CPU)
+    assert scratch.init is None and scratch.parallel.layout == Layout() and scratch.model.dtype == "fp32"
+    assert resolve(replace(options, stage="1"), RunInputs(data, first), world_size=2, device=CPU).init is None
 
 
 def test_lr_schedule_is_warmup_then_cosine_over_samples(data, tmp_path):
@@ -229,7 +258,7 @@ def test_lr_schedule_is_warmup_then_cosine_over_samples(data, tmp_path):
 
     from grow_cli.training.schedule import build_scheduler
 
-    config = resolve_config(tiny_options(data, str(tmp_path), iters=40, lr=1e-3, min_lr=1e-4, warmup_iters=5), world_size=1, cuda=False)
+    config = resolve_config(tiny_options(data, str(tmp_path), iters=40, lr=1e-3, min_lr=1e-4, warmup_iters=5), world_size=1, device=CPU)
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
     scheduler = build_scheduler(config, optimizer)
     for iteration in range(1, 41):
@@ -245,7 +274,7 @@ def test_run_directory_identity(data, tmp_path):
     from grow_cli.training.checkpointing import check_run_directory, write_run_record
 
     out = tmp_path / "run"
-    config = resolve_config(tiny_options(data, str(out)), world_size=1, cuda=False)
+    config = resolve_config(tiny_options(data, str(out)), world_size=1, device=CPU)
     assert check_run_directory(config) is None  # does not exist yet
     write_run_record(config)
     assert check_run_directory(config) is None  # same run, nothing saved yet
@@ -253,18 +282,18 @@ def test_run_directory_identity(data, tmp_path):
     (out / "iter_0000010" / "metadata.json").write_text("{}")
     assert check_run_directory(config) == out / "iter_0000010"
     with pytest.raises(GrowError, match="drop --no-resume"):
-        check_run_directory(resolve_config(tiny_options(data, str(out), resume=False), world_size=1, cuda=False))
+        check_run_directory(resolve_config(tiny_options(data, str(out), resume=False), world_size=1, device=CPU))
     with pytest.raises(GrowError, match="another run"):
-        check_run_directory(resolve_config(tiny_options(data, str(out), hidden=128), world_size=1, cuda=False))
+        check_run_directory(resolve_config(tiny_options(data, str(out), hidden=128), world_size=1, device=CPU))
     with pytest.raises(GrowError, match="global_batch=8"):
-        check_run_directory(resolve_config(tiny_options(data, str(out), global_batch=16), world_size=1, cuda=False))
+        check_run_directory(resolve_config(tiny_options(data, str(out), global_batch=16), world_size=1, device=CPU))
     # another layout and micro batch are the same run
-    assert check_run_directory(resolve_config(tiny_options(data, str(out), micro_batch=4, tp=2), world_size=2, cuda=False))
+    assert check_run_directory(resolve_config(tiny_options(data, str(out), micro_batch=4, tp=2), world_size=2, device=CPU))
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(GrowError, match="holds other files"):
-        check_run_directory(resolve_config(tiny_options(data, str(foreign)), world_size=1, cuda=False))
+        check_run_directory(resolve_config(tiny_options(data, str(foreign)), world_size=1, device=CPU))
 
 
 def test_metrics_truncation_and_throughput(tmp_path):
@@ -344,12 +373,14 @@ def empty_data(data, tmp_path_factory) -> str:
         ("world size", ["--tp", "2"], {"WORLD_SIZE": "3"}, "world size 3 is not divisible"),
         ("batch", ["--global-batch", "7", "--micro-batch", "2"], {}, "not a multiple of micro batch"),
         ("slurm flag", ["--submit"], {}, "belong to `grow slurm`"),
+        ("slurm allocation flag", ["--nodes", "2"], {}, "belong to `grow slurm`"),
+        ("grown stage without --init", ["--plan", "PLAN", "--stage", "2"], {}, "give --init CKPT"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(case, extra, env, message, data, empty_data, tmp_path, monkeypatch):
     plan = tmp_path / "plan.yaml"
     if "PLAN" in extra:
-        assert run_grow(["plan", "--sizes", "2M", "--seq-len", "64", "--out", str(plan)]).returncode == 0
+        assert run_grow(["plan", "--sizes", "2M,4M", "--seq-len", "64", "--out", str(plan)]).returncode == 0
     extra = [{"EMPTY": empty_data, "PLAN": str(plan)}.get(a, a) for a in extra]
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -53,9 +53,9 @@ def check_request(request: EvalRequest) -> None:
 def _torch_dtype(name: str):
     import torch
 
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+    from grow_cli.runtime.device import device_policy
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[device_policy().dtype if name == "auto" else name]
 
 
 def _load_text(request: EvalRequest):
@@ -122,7 +122,7 @@ def _evaluate_all(request, text, tokenizer, specs, configs, progress) -> list[Mo
                 )
             )
             del model
-            if torch.cuda.is_available():
+            if runtime.policy.cuda:
                 torch.cuda.empty_cache()
     finally:
         shutdown()

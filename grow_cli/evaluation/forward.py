@@ -19,7 +19,7 @@ the final norm.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -78,7 +78,7 @@ class EvalModel:
         tokens = tokens.to(self.device)
         positions = torch.arange(tokens.size(1), device=self.device).unsqueeze(0).expand_as(tokens)
         captured: list[torch.Tensor] = []
-        with self._capture(captured) if capture_states else _nothing():
+        with self._capture(captured) if capture_states else nullcontext():
             logits = self.model(tokens, positions, None, runtime_gather_output=True)
         states = None
         if capture_states:
@@ -117,11 +117,6 @@ class EvalModel:
             torch.distributed.all_gather(pieces, weight.contiguous(), group=parallel_state.get_tensor_model_parallel_group())
             weight = torch.cat(pieces, dim=0)
         return weight[: self.shape.vocab]
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 def load_eval_model(path: str | Path, runtime: Runtime, dtype: torch.dtype) -> EvalModel:

@@ -62,17 +62,9 @@ class IndexMap:
             seen.add(k)
         return torch.tensor(flags, dtype=torch.bool)
 
-    @property
-    def is_identity(self) -> bool:
-        return self.index == tuple(range(self.source))
-
     def blocks(self, size: int) -> "IndexMap":
         """The same map on `size`-wide blocks (a head's `head_dim` rows): unit k -> rows k*size..."""
         return IndexMap(self.source * size, tuple(k * size + t for k in self.index for t in range(size)))
-
-
-def identity_map(n: int) -> IndexMap:
-    return IndexMap(n, tuple(range(n)))
 
 
 def grow_map(source: int, target: int, generator: torch.Generator) -> IndexMap:

@@ -102,9 +102,9 @@ def held_out_tokens(shape: ModelShape, data: str | None, sequences: int, seq_len
 @torch.no_grad()
 def _logits_and_loss(path: Path, tokens: torch.Tensor) -> tuple[torch.Tensor, float]:
     from grow_cli.checkpoint.model_io import model_from_checkpoint
-    from grow_cli.runtime.model import ParallelLayout
+    from grow_cli.layout import Layout
 
-    model, info = model_from_checkpoint(path, ParallelLayout())
+    model, info = model_from_checkpoint(path, Layout())
     model.eval()
     inputs, labels = tokens[:, :-1], tokens[:, 1:]
     positions = torch.arange(inputs.shape[1]).unsqueeze(0).expand_as(inputs)

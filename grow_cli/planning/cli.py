@@ -19,7 +19,7 @@ PLOT_FORMATS = (".png", ".pdf", ".svg")
 
 def _layout(tp: int, pp: int, dp: Optional[int], gpus: Optional[int]):
     """TP/PP from their flags; DP from --dp, or from --gpus / (TP·PP), or 1."""
-    from grow_cli.planning.planfile import Layout
+    from grow_cli.layout import Layout
 
     if tp < 1 or pp < 1:
         raise GrowError(f"--tp ({tp}) and --pp ({pp}) must be at least 1")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from grow_cli.errors import GrowError
 from grow_cli.planning.hardware import GIB
-from grow_cli.planning.planfile import Layout
+from grow_cli.layout import Layout
 from grow_cli.shape import ModelShape
 
 ACTIVATION_BYTES_PER_LAYER = 34  # x s·b·h/t: TP + sequence parallel + selective recompute

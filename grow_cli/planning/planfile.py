@@ -13,22 +13,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from grow_cli.errors import GrowError
+from grow_cli.layout import Layout
 from grow_cli.shape import ModelShape
 
 SCHEMA_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Layout:
-    """The parallel layout a stage is planned for (and `pretrain` defaults to)."""
-
-    tp: int = 1
-    pp: int = 1
-    dp: int = 1
-
-    @property
-    def gpus(self) -> int:
-        return self.tp * self.pp * self.dp
 
 
 @dataclass(frozen=True)
@@ -58,7 +46,7 @@ class StagePlan:
     train_iters: int
     global_batch: int  # sequences per optimizer step
     micro_batch: int
-    layout: Layout = field(default_factory=Layout)
+    layout: Layout = field(default_factory=Layout)  # planned for; `pretrain` defaults to it
     init_from: str | None = None  # name of the stage this one grows from (None: scratch)
     flops_per_token: float | None = None  # training FLOPs per token in the plan's convention
     predicted_loss: float | None = None  # scaling-law loss of this size trained from scratch

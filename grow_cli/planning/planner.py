@@ -16,7 +16,8 @@ from grow_cli.planning.hardware import check_mfu, gpu_spec
 from grow_cli.planning.laws import get_law
 from grow_cli.planning.lr import LRLadder, ScheduleRule
 from grow_cli.planning.memory import check_batch, estimate_memory
-from grow_cli.planning.planfile import Layout, Plan, StagePlan, iterations_for
+from grow_cli.layout import Layout
+from grow_cli.planning.planfile import Plan, StagePlan, iterations_for
 from grow_cli.planning.series import resolve_series
 from grow_cli.shape import DEFAULT_SEQ_LEN, GPT2_VOCAB
 

@@ -17,7 +17,8 @@ from grow_cli.planning.flops import CONVENTIONS, flops_per_token
 from grow_cli.planning.hardware import GPUSpec, gpu_spec
 from grow_cli.planning.lr import LRLadder
 from grow_cli.planning.memory import smallest_fitting_layout
-from grow_cli.planning.planfile import Layout, Plan, StagePlan
+from grow_cli.layout import Layout
+from grow_cli.planning.planfile import Plan, StagePlan
 from grow_cli.units import format_count
 
 _FLOP_UNITS = (("Z", 1e21), ("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9))
@@ -57,7 +58,7 @@ class MemoryAdvice:
             return text + "; no layout up to 4096 GPUs fits: lower --micro-batch or --seq-len"
         s = self.suggested_layout
         return text + (
-            f"; it fits on {s.gpus} GPUs as --tp {s.tp} --pp {s.pp} --dp {s.dp} "
+            f"; it fits on {s.world_size} GPUs as --tp {s.tp} --pp {s.pp} --dp {s.dp} "
             f"(~{self.suggested_memory_gib:.0f} GiB)"
         )
 
@@ -149,13 +150,6 @@ def _table(title: str) -> Table:
     return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
 
 
-def _tokens_cell(stage: StagePlan) -> str:
-    text = format_count(stage.tokens_incremental)
-    if stage.repeated_tokens:
-        text += f"\n[yellow]({format_count(stage.repeated_tokens)} repeated)[/yellow]"
-    return text
-
-
 def render(plan: Plan, console: Console) -> None:
     """Print the shapes, budget and training tables, the totals and the conventions table."""
     totals, gpu, layout = plan.totals, _gpu(plan), plan.stages[0].layout
@@ -213,7 +207,7 @@ def render(plan: Plan, console: Console) -> None:
         f"(micro {plan.stages[0].micro_batch}), TP={layout.tp} PP={layout.pp} DP={layout.dp}, "
         f"{gpu.name.upper()} at {plan.inputs.get('mfu', 0):.0%} MFU"
     )
-    days = f"days on\n{layout.gpus} GPU{'s' if layout.gpus > 1 else ''}"
+    days = f"days on\n{layout.world_size} GPU{'s' if layout.world_size > 1 else ''}"
     for column in ("stage", "LR", "min LR", "warmup", "iters", "loss\n(law)", "GPU-\nhours", days, "GiB per\nGPU"):
         training.add_column(column, justify="left" if column == "stage" else "right")
     for s in plan.stages:
@@ -228,7 +222,7 @@ def render(plan: Plan, console: Console) -> None:
             f"{s.train_iters:,}",
             "" if s.predicted_loss is None else f"{s.predicted_loss:.3f}",
             "" if s.gpu_hours is None else _amount(s.gpu_hours),
-            "" if s.gpu_hours is None else _amount(s.gpu_hours / s.layout.gpus / 24),
+            "" if s.gpu_hours is None else _amount(s.gpu_hours / s.layout.world_size / 24),
             memory,
         )
     console.print(training)

@@ -19,7 +19,21 @@ from __future__ import annotations
 import torch
 from torch.overrides import TorchFunctionMode
 
+from grow_cli.runtime.device import DevicePolicy
+
+# fp32 (no bf16 matmuls worth having), gloo, host initialisation, no CUDA fusions, no overlapped
+# reduce (gloo has no streams to overlap on), in-process data loading, no pinned memory.
+CPU = DevicePolicy(
+    cuda=False, dtype="fp32", backend="gloo", cpu_initialization=True, fusions=False, overlap_grad_reduce=False,
+    loader_workers=0, pin_memory=False, default_sequence_parallel=False,
+)
+
 _active = False
+
+
+def cuda_present() -> bool:
+    """The one CUDA probe of grow (`runtime.device.device_policy()` asks it)."""
+    return torch.cuda.is_available()
 
 
 def _to_cpu_device(device):
@@ -64,7 +78,7 @@ def _set_cpu_rng_state(state, *_args, **_kwargs) -> None:
 def activate() -> bool:
     """Install the CPU shims when CUDA is absent; returns whether they are active."""
     global _active
-    if _active or torch.cuda.is_available():
+    if _active or cuda_present():
         return _active
     from megatron.core.tensor_parallel import random as mp_random
 
@@ -79,7 +93,3 @@ def activate() -> bool:
     _CudaToCpu().__enter__()  # process-wide: stays on for the life of the process
     _active = True
     return True
-
-
-def is_active() -> bool:
-    return _active

@@ -14,25 +14,27 @@ from dataclasses import dataclass
 import torch
 
 from grow_cli.errors import GrowError
-from grow_cli.runtime.model import ParallelLayout
+from grow_cli.layout import Layout
+from grow_cli.runtime.device import DevicePolicy, device_policy
 
 
 @dataclass(frozen=True)
 class Runtime:
-    """What this process is: its rank, the world, the device and the layout it runs."""
+    """What this process is: its rank, the world, the device, its policy and the layout it runs."""
 
     rank: int
     world_size: int
     local_rank: int
     device: torch.device
-    layout: ParallelLayout
+    layout: Layout
+    policy: DevicePolicy  # every CUDA-vs-CPU choice above the runtime reads it
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
 
-def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234, sequence_parallel: bool = False) -> Runtime:
+def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234) -> Runtime:
     """Initialise torch.distributed and megatron's parallel state for TP x PP x DP.
 
     Idempotent: a second call with the same layout returns the current runtime, with a
@@ -43,18 +45,17 @@ def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234, sequence_parall
 
     from grow_cli.runtime import cpu_compat
 
-    cuda = torch.cuda.is_available()
-    if not cuda:
-        cpu_compat.activate()
+    policy = device_policy()
+    cpu_compat.activate()  # a no-op with CUDA
     if not torch.distributed.is_initialized():
         world = int(os.environ.get("WORLD_SIZE", "1"))
         rank = int(os.environ.get("RANK", "0"))
         # A world of one needs no rendezvous: an in-process store cannot race for a TCP port.
         store = torch.distributed.HashStore() if world == 1 and "MASTER_ADDR" not in os.environ else None
-        if cuda:
+        if policy.cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         torch.distributed.init_process_group(
-            backend="nccl" if cuda else "gloo",
+            backend=policy.backend,
             world_size=world,
             rank=rank,
             store=store,
@@ -79,9 +80,9 @@ def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234, sequence_parall
         )
     model_parallel_cuda_manual_seed(seed)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-    layout = ParallelLayout(tp=tp, pp=pp, dp=world // (tp * pp), sequence_parallel=sequence_parallel)
-    return Runtime(torch.distributed.get_rank(), world, local_rank, device, layout)
+    device = torch.device("cuda", torch.cuda.current_device()) if policy.cuda else torch.device("cpu")
+    layout = Layout(tp=tp, pp=pp, dp=world // (tp * pp))
+    return Runtime(torch.distributed.get_rank(), world, local_rank, device, layout, policy)
 
 
 def shutdown() -> None:

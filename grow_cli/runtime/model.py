@@ -8,29 +8,15 @@ flash/cuDNN on GPU), "te" (Transformer Engine's layer spec, when installed) or "
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from grow_cli.errors import GrowError
+from grow_cli.layout import Layout
+from grow_cli.runtime.device import device_policy
 from grow_cli.shape import ModelShape
 
 ATTENTION_BACKENDS = ("sdpa", "te", "local")
-
-
-@dataclass(frozen=True)
-class ParallelLayout:
-    """How a model is split: tensor, pipeline and data parallel degrees."""
-
-    tp: int = 1
-    pp: int = 1
-    dp: int = 1
-    sequence_parallel: bool = False
-
-    @property
-    def world_size(self) -> int:
-        return self.tp * self.pp * self.dp
 
 
 def have_transformer_engine() -> bool:
@@ -43,15 +29,16 @@ def have_transformer_engine() -> bool:
 
 def transformer_config(
     shape: ModelShape,
-    layout: ParallelLayout,
+    layout: Layout,
     *,
     dtype: torch.dtype = torch.float32,
     recompute: str | None = None,
+    sequence_parallel: bool = False,
 ):
-    """The TransformerConfig of `shape` at `layout`; fusions that need apex/TE stay off on CPU."""
+    """The TransformerConfig of `shape` at `layout`; the device policy decides the fusions."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    on_gpu = torch.cuda.is_available()
+    policy = device_policy()
     return TransformerConfig(
         num_layers=shape.layers,
         hidden_size=shape.hidden,
@@ -69,14 +56,14 @@ def transformer_config(
         attention_dropout=0.0,
         tensor_model_parallel_size=layout.tp,
         pipeline_model_parallel_size=layout.pp,
-        sequence_parallel=layout.sequence_parallel and layout.tp > 1,
+        sequence_parallel=sequence_parallel and layout.tp > 1,
         params_dtype=dtype,
         bf16=dtype == torch.bfloat16,
         pipeline_dtype=dtype,
-        use_cpu_initialization=not on_gpu,
+        use_cpu_initialization=policy.cpu_initialization,
         perform_initialization=True,
         init_method_std=0.02,
-        bias_activation_fusion=on_gpu,
+        bias_activation_fusion=policy.fusions,
         masked_softmax_fusion=False,
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
@@ -115,11 +102,12 @@ def layer_spec(attention: str = "sdpa"):
 
 def build_gpt_model(
     shape: ModelShape,
-    layout: ParallelLayout,
+    layout: Layout,
     *,
     dtype: torch.dtype = torch.float32,
     attention: str = "sdpa",
     recompute: str | None = None,
+    sequence_parallel: bool = False,
     pre_process: bool | None = None,
     post_process: bool | None = None,
 ):
@@ -133,7 +121,7 @@ def build_gpt_model(
     from megatron.core.models.gpt.gpt_model import GPTModel
 
     shape.check_layout(layout.tp, layout.pp)
-    config = transformer_config(shape, layout, dtype=dtype, recompute=recompute)
+    config = transformer_config(shape, layout, dtype=dtype, recompute=recompute, sequence_parallel=sequence_parallel)
     if pre_process is None:
         pre_process = parallel_state.is_pipeline_first_stage()
     if post_process is None:
@@ -149,6 +137,6 @@ def build_gpt_model(
         position_embedding_type="rope",
         rotary_base=shape.rope_theta,  # float: imported models may use a non-integer base
     )
-    if torch.cuda.is_available():
+    if device_policy().cuda:
         model.cuda(torch.cuda.current_device())
     return model

@@ -36,6 +36,7 @@ from grow_cli.checkpoint.locate import LATEST_FILE, checkpoint_name, latest_chec
 from grow_cli.checkpoint.locate import run_checkpoints as checkpoints
 from grow_cli.checkpoint.metadata import CheckpointInfo, LineageStep, read_common, read_info
 from grow_cli.errors import GrowError
+from grow_cli.runtime.device import device_policy
 from grow_cli.training.config import TrainConfig
 
 RUN_FILE = "run.json"
@@ -181,7 +182,7 @@ def _rng_states() -> dict:
         "torch": torch.get_rng_state(),
         "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
     }
-    if torch.cuda.is_available():
+    if device_policy().cuda:
         states["cuda"] = torch.cuda.get_rng_state()
     return states
 
@@ -194,7 +195,7 @@ def _set_rng_states(states: dict) -> None:
     random.setstate(states["random"])
     numpy.random.set_state(states["numpy"])
     torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
+    if "cuda" in states and device_policy().cuda:
         torch.cuda.set_rng_state(states["cuda"])
     tensor_parallel.get_cuda_rng_tracker().set_states(states["tracker"])
 

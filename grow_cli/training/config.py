@@ -1,11 +1,14 @@
 """The settings of one training run, resolved once from the plan file and the flags.
 
-`PretrainOptions` is what the user typed (None = not given). `resolve_config` turns it into a
-`TrainConfig` in which every value is decided: the shape, the layout, the batch, the number of
-iterations, the learning-rate schedule, the intervals. All user mistakes are caught here, before
-any process group exists or any file is written, so a bad invocation fails with one line and
-touches nothing. Every rank resolves the same config from the same inputs. No torch import:
-resolution is instant.
+`PretrainOptions` (training/options.py) is what the user typed. `resolve_config` loads what the
+options point at (the data sidecar, the plan stage, the init checkpoint's metadata) and hands it
+to `resolve`, a pure function that turns options + inputs into a `TrainConfig` in which every
+value is decided: the shape, the layout, the batch, the number of iterations, the learning-rate
+schedule, the intervals. All user mistakes are caught here, before any process group exists or
+any file is written, so a bad invocation fails with one line and touches nothing. Every rank
+resolves the same config from the same inputs. torch is imported only inside the functions that
+need megatron's facts (its attention backends, the init checkpoint's metadata), never at module
+scope, so `grow pretrain --help` stays instant.
 """
 
 from __future__ import annotations
@@ -13,60 +16,20 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from grow_cli.errors import GrowError
+from grow_cli.layout import Layout
+from grow_cli.runtime.device import DevicePolicy
 from grow_cli.shape import DEFAULT_SEQ_LEN, ModelShape
+from grow_cli.training.options import DEFAULT_GLOBAL_BATCH, DEFAULT_LR, DEFAULT_MICRO_BATCH, PretrainOptions
+
+if TYPE_CHECKING:
+    from grow_cli.data.info import DataInfo
+    from grow_cli.planning.planfile import StagePlan
 
 DTYPES = ("bf16", "fp32")
 RECOMPUTE = ("none", "selective", "full")
-DEFAULT_LR = 3.0e-4  # the reference method's from-scratch rate (spec §1)
-DEFAULT_GLOBAL_BATCH = 32
-DEFAULT_MICRO_BATCH = 1
-
-
-@dataclass(frozen=True)
-class PretrainOptions:
-    """The flags of `grow pretrain` as given; None means "take it from the plan or the default"."""
-
-    data: str
-    out: str
-    plan: str | None = None
-    stage: str | None = None
-    size: str | None = None
-    hidden: int | None = None
-    ffn: int | None = None
-    layers: int | None = None
-    heads: int | None = None
-    kv_groups: int | None = None
-    head_dim: int | None = None
-    seq_len: int | None = None
-    tp: int | None = None
-    pp: int | None = None
-    iters: int | None = None
-    tokens: str | None = None
-    lr: float | None = None
-    min_lr: float | None = None
-    warmup_iters: int | None = None
-    weight_decay: float = 0.1
-    clip_grad: float = 1.0
-    global_batch: int | None = None
-    micro_batch: int | None = None
-    init: str | None = None
-    resume: bool = True
-    attention: str = "sdpa"
-    dtype: str | None = None
-    seed: int = 1234
-    log_interval: int = 10
-    eval_interval: int = 1000
-    eval_iters: int = 10
-    save_interval: int = 1000
-    keep_last: int = 2
-    exit_interval: int | None = None
-    sequence_parallel: bool | None = None
-    distributed_optimizer: bool = True
-    recompute: str = "none"
-    peak_tflops: float | None = None
-    quiet: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,15 +46,11 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class ParallelSettings:
-    tp: int = 1
-    pp: int = 1
-    dp: int = 1
+    """The layout of the run and the two ways it shards beyond it."""
+
+    layout: Layout
     sequence_parallel: bool = False
     distributed_optimizer: bool = True
-
-    @property
-    def world_size(self) -> int:
-        return self.tp * self.pp * self.dp
 
 
 @dataclass(frozen=True)
@@ -185,7 +144,15 @@ class TrainConfig:
         return data
 
 
-# ---- resolution ------------------------------------------------------------------------------
+# ---- loading ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunInputs:
+    """What the options point at, read from disk: everything `resolve` needs besides the options."""
+
+    data: DataInfo
+    stage: StagePlan | None = None  # the --plan stage
+
+
 def world_size_from_env() -> int:
     """The launcher's world size (torchrun/srun set WORLD_SIZE); 1 for a plain call."""
     try:
@@ -194,9 +161,83 @@ def world_size_from_env() -> int:
         raise GrowError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer") from None
 
 
+def load_inputs(options: PretrainOptions) -> RunInputs:
+    """The data sidecar and the plan stage; GrowError when they are missing or inconsistent."""
+    from grow_cli.data.info import read_data_info
+
+    data = read_data_info(options.data)
+    if options.plan is None:
+        if options.stage is not None:
+            raise GrowError("--stage needs --plan PLAN")
+        return RunInputs(data)
+    from grow_cli.planning.planfile import load_plan
+
+    if options.stage is None:
+        raise GrowError("--plan needs --stage (a stage number or name, e.g. --stage 1 or --stage 2B)")
+    return RunInputs(data, load_plan(options.plan).stage(options.stage))
+
+
+def resolve_config(
+    options: PretrainOptions, *, world_size: int | None = None, device: DevicePolicy | None = None, here: bool = True
+) -> TrainConfig:
+    """Load the inputs and resolve the run; raise GrowError (one line) on any inconsistency.
+
+    `world_size`/`device` default to this launch; `grow slurm` passes the allocation's and
+    `here=False` (the job will run elsewhere: do not check what is installed on this machine).
+    """
+    if here and options.attention == "te":
+        from grow_cli.runtime.model import have_transformer_engine
+
+        if not have_transformer_engine():
+            raise GrowError("--attention te needs Transformer Engine, which is not installed; use --attention sdpa")
+    if device is None:
+        from grow_cli.runtime.device import device_policy
+
+        device = device_policy()
+    world_size = world_size_from_env() if world_size is None else world_size
+    config = resolve(options, load_inputs(options), world_size=world_size, device=device)
+    if config.init is not None:
+        check_init_checkpoint(config.init, config.shape)
+    return config
+
+
+def check_init_checkpoint(path: str, shape: ModelShape) -> None:
+    """--init must be a complete grow checkpoint of exactly this architecture."""
+    from grow_cli.checkpoint.metadata import read_info
+    from grow_cli.checkpoint.model_io import same_architecture
+    from grow_cli.checkpoint.tensors import validate_checkpoint
+
+    info = read_info(validate_checkpoint(path))
+    if not same_architecture(info.shape, shape):
+        raise GrowError(
+            f"--init {path} has shape {info.shape.describe()} but this stage is {shape.describe()}; "
+            "expand it to this stage's size first (grow expand) or pick the matching stage"
+        )
+
+
+# ---- resolution (pure: options + inputs -> config) -------------------------------------------
 def _positive(name: str, value: int | float | None) -> None:
     if value is not None and value <= 0:
         raise GrowError(f"{name} must be positive, got {value}")
+
+
+def check_options(options: PretrainOptions) -> None:
+    """The checks that need nothing but the options: ranges and choices."""
+    from grow_cli.runtime.model import ATTENTION_BACKENDS
+
+    for name in ("tp", "pp", "seq_len", "global_batch", "micro_batch", "lr", "log_interval", "eval_interval",
+                 "eval_iters", "save_interval", "keep_last", "exit_interval", "peak_tflops"):
+        _positive(f"--{name.replace('_', '-')}", getattr(options, name))
+    if options.min_lr is not None and options.min_lr < 0:
+        raise GrowError(f"--min-lr must be >= 0, got {options.min_lr}")
+    if options.dtype is not None and options.dtype not in DTYPES:
+        raise GrowError(f"--dtype {options.dtype!r}: choose one of {', '.join(DTYPES)}")
+    if options.recompute not in RECOMPUTE:
+        raise GrowError(f"--recompute {options.recompute!r}: choose one of {', '.join(RECOMPUTE)}")
+    if options.attention not in ATTENTION_BACKENDS:
+        raise GrowError(f"--attention {options.attention!r}: choose one of {', '.join(ATTENTION_BACKENDS)}")
+    if options.init is not None and options.from_scratch:
+        raise GrowError("--init and --from-scratch contradict each other; drop one")
 
 
 def _shape_from_flags(options: PretrainOptions, vocab: int, tp: int, pp: int) -> tuple[str, float, ModelShape]:
@@ -234,7 +275,16 @@ def _shape_from_flags(options: PretrainOptions, vocab: int, tp: int, pp: int) ->
     return format_count(nominal), nominal, shape
 
 
-def _iterations(options: PretrainOptions, stage, global_batch: int, seq_len: int) -> int:
+def _check_stage_start(options: PretrainOptions, stage: StagePlan) -> None:
+    """A stage the plan grows from an earlier one starts from that one's expanded weights."""
+    if stage.init_from is not None and options.init is None and not options.from_scratch:
+        raise GrowError(
+            f"plan stage {stage.name} grows from {stage.init_from}: give --init CKPT (the `grow expand` output), "
+            "or --from-scratch to train it from random weights"
+        )
+
+
+def _iterations(options: PretrainOptions, stage: StagePlan | None, global_batch: int, seq_len: int) -> int:
     from grow_cli.planning.planfile import iterations_for
     from grow_cli.units import parse_count
 
@@ -250,7 +300,7 @@ def _iterations(options: PretrainOptions, stage, global_batch: int, seq_len: int
     raise GrowError("how long to train? give --iters N or --tokens N (e.g. 2B), or a --plan stage")
 
 
-def _warmup(options: PretrainOptions, stage, train_iters: int) -> int:
+def _warmup(options: PretrainOptions, stage: StagePlan | None, train_iters: int) -> int:
     """--warmup-iters, else the plan's warmup scaled to this run's length, else 1% of it."""
     if options.warmup_iters is not None:
         if not 0 <= options.warmup_iters < train_iters:
@@ -264,50 +314,16 @@ def _warmup(options: PretrainOptions, stage, train_iters: int) -> int:
     return train_iters // 100
 
 
-def resolve_config(
-    options: PretrainOptions, *, world_size: int | None = None, cuda: bool | None = None, here: bool = True
-) -> TrainConfig:
-    """Decide every setting of the run; raise GrowError (one line) on any inconsistency.
-
-    `world_size`/`cuda` default to this launch; `grow slurm` passes the allocation's and
-    `here=False` (the job will run elsewhere: do not check what is installed on this machine).
-    """
-    from grow_cli.data.info import read_data_info
-
-    world_size = world_size_from_env() if world_size is None else world_size
-    if cuda is None:
-        cuda = _cuda_available()
-    for name in ("tp", "pp", "seq_len", "global_batch", "micro_batch", "lr", "log_interval", "eval_interval",
-                 "eval_iters", "save_interval", "keep_last", "exit_interval", "peak_tflops"):
-        _positive(f"--{name.replace('_', '-')}", getattr(options, name))
-    if options.min_lr is not None and options.min_lr < 0:
-        raise GrowError(f"--min-lr must be >= 0, got {options.min_lr}")
-    if options.dtype is not None and options.dtype not in DTYPES:
-        raise GrowError(f"--dtype {options.dtype!r}: choose one of {', '.join(DTYPES)}")
-    if options.recompute not in RECOMPUTE:
-        raise GrowError(f"--recompute {options.recompute!r}: choose one of {', '.join(RECOMPUTE)}")
-    from grow_cli.runtime.model import ATTENTION_BACKENDS, have_transformer_engine
-
-    if options.attention not in ATTENTION_BACKENDS:
-        raise GrowError(f"--attention {options.attention!r}: choose one of {', '.join(ATTENTION_BACKENDS)}")
-    if here and options.attention == "te" and not have_transformer_engine():
-        raise GrowError("--attention te needs Transformer Engine, which is not installed; use --attention sdpa")
-
-    data = read_data_info(options.data)
+def resolve(options: PretrainOptions, inputs: RunInputs, *, world_size: int, device: DevicePolicy) -> TrainConfig:
+    """Decide every setting of the run from the options and what they point at; no I/O."""
+    check_options(options)
+    data, stage = inputs.data, inputs.stage
     if data.train.tokens == 0:
         raise GrowError(f"data {data.prefix} holds no training tokens; prepare it from a non-empty corpus")
-
-    stage = None
-    if options.plan is not None:
-        from grow_cli.planning.planfile import load_plan
-
-        if options.stage is None:
-            raise GrowError("--plan needs --stage (a stage number or name, e.g. --stage 1 or --stage 2B)")
+    if stage is not None:
         if options.size is not None or options.hidden is not None:
             raise GrowError("the shape comes from --plan; drop --size/--hidden/... or drop --plan")
-        stage = load_plan(options.plan).stage(options.stage)
-    elif options.stage is not None:
-        raise GrowError("--stage needs --plan PLAN")
+        _check_stage_start(options, stage)
 
     tp = options.tp or (stage.layout.tp if stage else 1)
     pp = options.pp or (stage.layout.pp if stage else 1)
@@ -324,13 +340,13 @@ def resolve_config(
             f"world size {world_size} is not divisible by TP x PP = {tp} x {pp}; "
             f"launch a multiple of {tp * pp} processes or change --tp/--pp"
         )
-    dp = world_size // (tp * pp)
+    layout = Layout(tp, pp, world_size // (tp * pp))
 
     global_batch = options.global_batch or (stage.global_batch if stage else DEFAULT_GLOBAL_BATCH)
     micro_batch = options.micro_batch or (stage.micro_batch if stage else DEFAULT_MICRO_BATCH)
-    if global_batch % (micro_batch * dp):
+    if global_batch % (micro_batch * layout.dp):
         raise GrowError(
-            f"global batch {global_batch} is not a multiple of micro batch {micro_batch} x DP {dp}; "
+            f"global batch {global_batch} is not a multiple of micro batch {micro_batch} x DP {layout.dp}; "
             f"change --global-batch or --micro-batch"
         )
     train_iters = _iterations(options, stage, global_batch, shape.seq_len)
@@ -340,12 +356,6 @@ def resolve_config(
         raise GrowError(f"--min-lr {min_lr} is above the learning rate {lr}")
     warmup = _warmup(options, stage, train_iters)
 
-    init = None
-    if options.init is not None:
-        init = str(Path(options.init).expanduser().resolve())
-        check_init_checkpoint(init, shape)
-
-    dtype = options.dtype or ("bf16" if cuda else "fp32")
     # megatron's local layer spec (sdpa/local attention) uses torch norms, which cannot run
     # sequence parallel; Transformer Engine's spec can.
     if options.sequence_parallel and tp > 1 and options.attention != "te":
@@ -356,10 +366,10 @@ def resolve_config(
     if options.sequence_parallel is not None:
         sequence_parallel = options.sequence_parallel
     else:
-        sequence_parallel = tp > 1 and cuda and options.attention == "te"
+        sequence_parallel = device.default_sequence_parallel and options.attention == "te"
     return TrainConfig(
-        model=ModelSettings(shape, name, float(nominal), options.attention, dtype, options.recompute),
-        parallel=ParallelSettings(tp, pp, dp, bool(sequence_parallel and tp > 1), options.distributed_optimizer),
+        model=ModelSettings(shape, name, float(nominal), options.attention, options.dtype or device.dtype, options.recompute),
+        parallel=ParallelSettings(layout, bool(sequence_parallel and tp > 1), options.distributed_optimizer),
         optimizer=OptimizerSettings(lr, min_lr, warmup, options.weight_decay, clip_grad=options.clip_grad),
         batch=BatchSettings(global_batch, micro_batch, train_iters),
         intervals=IntervalSettings(
@@ -369,30 +379,10 @@ def resolve_config(
         data=data.prefix,
         out=Path(options.out).expanduser().resolve(),
         seed=options.seed,
-        init=init,
+        init=str(Path(options.init).expanduser().resolve()) if options.init is not None else None,
         resume=options.resume,
         stage=stage.name if stage else None,
         plan=str(Path(options.plan).resolve()) if options.plan else None,
         peak_tflops=options.peak_tflops,
         quiet=options.quiet,
     )
-
-
-def check_init_checkpoint(path: str, shape: ModelShape) -> None:
-    """--init must be a complete grow checkpoint of exactly this architecture."""
-    from grow_cli.checkpoint.metadata import read_info
-    from grow_cli.checkpoint.model_io import same_architecture
-    from grow_cli.checkpoint.tensors import validate_checkpoint
-
-    info = read_info(validate_checkpoint(path))
-    if not same_architecture(info.shape, shape):
-        raise GrowError(
-            f"--init {path} has shape {info.shape.describe()} but this stage is {shape.describe()}; "
-            "expand it to this stage's size first (grow expand) or pick the matching stage"
-        )
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

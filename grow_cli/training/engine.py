@@ -59,7 +59,8 @@ class Engine:
         dtype = torch.bfloat16 if config.model.dtype == "bf16" else torch.float32
         recompute = None if config.model.recompute == "none" else config.model.recompute
         self.gpt = build_gpt_model(
-            config.shape, runtime.layout, dtype=dtype, attention=config.model.attention, recompute=recompute
+            config.shape, runtime.layout, dtype=dtype, attention=config.model.attention, recompute=recompute,
+            sequence_parallel=config.parallel.sequence_parallel,
         )
         if config.init is not None and load_init:
             from grow_cli.checkpoint.model_io import load_model_weights
@@ -67,10 +68,9 @@ class Engine:
             load_model_weights(self.gpt, config.init, expect_shape=config.shape)
         transformer_config = self.gpt.config
         module = Float16Module(transformer_config, self.gpt) if dtype == torch.bfloat16 else self.gpt
-        cuda = torch.cuda.is_available()
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
-            overlap_grad_reduce=cuda,
+            overlap_grad_reduce=runtime.policy.overlap_grad_reduce,
             use_distributed_optimizer=config.parallel.distributed_optimizer,
         )
         self.model = DistributedDataParallel(config=transformer_config, ddp_config=ddp_config, module=module)
@@ -95,7 +95,7 @@ class Engine:
             forward_step_func=self._forward_step,
             data_iterator=batches,
             model=[self.model],
-            num_microbatches=batch.microbatches(self.config.parallel.dp),
+            num_microbatches=batch.microbatches(self.runtime.layout.dp),
             seq_length=self.config.shape.seq_len,
             micro_batch_size=batch.micro_batch,
             forward_only=forward_only,

@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from grow_cli.layout import Layout
 from grow_cli.training.checkpointing import (
     SUMMARY_FILE,
     TrainState,
@@ -64,7 +65,7 @@ class TrainSummary:
     mfu: float | None
     device: str
     world_size: int
-    layout: dict
+    layout: Layout
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -75,11 +76,11 @@ def pretrain(config: TrainConfig, objective: Objective | None = None) -> TrainSu
     from grow_cli.runtime.distributed import init_distributed, shutdown
 
     resume = check_run_directory(config)
-    parallel = config.parallel
-    runtime = init_distributed(parallel.tp, parallel.pp, seed=config.seed, sequence_parallel=parallel.sequence_parallel)
+    layout = config.parallel.layout
+    runtime = init_distributed(layout.tp, layout.pp, seed=config.seed)
     try:
-        if runtime.layout.dp != parallel.dp:
-            raise RuntimeError(f"resolved DP={parallel.dp} but the launch has DP={runtime.layout.dp}")
+        if runtime.layout != layout:
+            raise RuntimeError(f"resolved {layout.describe()} but the launch has {runtime.layout.describe()}")
         return _Run(config, runtime, objective or LanguageModeling(), resume).execute()
     finally:
         shutdown()
@@ -132,30 +133,28 @@ class _Run:
 
     def _sample_batches(self, dataset, consumed: int):
         """This DP rank's micro-batches of `dataset` from global sample `consumed` on."""
-        import torch
-
         from grow_cli.data.datasets import SampleBatches
 
-        cuda = torch.cuda.is_available()
+        policy = self.runtime.policy
         return SampleBatches(
             dataset,
             self.config.batch.micro_batch,
             dp_rank=self.dp_rank,
-            dp_size=self.config.parallel.dp,
+            dp_size=self.runtime.layout.dp,
             consumed_samples=consumed,
-            num_workers=2 if cuda else 0,  # prefetch only: the order does not depend on it
-            pin_memory=cuda,
+            num_workers=policy.loader_workers,
+            pin_memory=policy.pin_memory,
         )
 
     def _start_record(self) -> None:
         config, state = self.config, self.state
-        layout = config.parallel
+        layout = config.parallel.layout
         what = "resuming from " + self.resume.name if self.resume else (
             f"initialised from {config.init}" if config.init else "from scratch"
         )
         message = (
             f"pretrain {config.model.name} ({config.shape.describe()}) on {layout.world_size} x {self.device_name}: "
-            f"TP={layout.tp} PP={layout.pp} DP={layout.dp}, {config.batch.train_iters} iters x "
+            f"{layout.describe()}, {config.batch.train_iters} iters x "
             f"{config.batch.global_batch} x {config.shape.seq_len} tokens, {config.model.dtype}, "
             f"lr {config.optimizer.lr:g} -> {config.optimizer.min_lr:g} (warmup {config.optimizer.warmup_iters}); {what}"
         )
@@ -167,7 +166,7 @@ class _Run:
                 "message": message,
                 "stage": config.stage or config.model.name,
                 "shape": config.shape.to_dict(),
-                "layout": {"tp": layout.tp, "pp": layout.pp, "dp": layout.dp},
+                "layout": layout.to_dict(),
                 "device": self.device_name,
                 "flops_convention": FLOPS_CONVENTION,
                 "flops_per_token": self.flops_per_token,
@@ -246,7 +245,7 @@ class _Run:
             interval.steps * self.config.tokens_per_iter,
             interval.seconds,
             self.flops_per_token,
-            self.config.parallel.world_size,
+            self.runtime.layout.world_size,
             self.peak,
         )
 
@@ -319,8 +318,8 @@ class _Run:
             tflops_per_gpu=throughput.tflops_per_device if throughput else None,
             mfu=throughput.mfu if throughput else None,
             device=self.device_name,
-            world_size=config.parallel.world_size,
-            layout={"tp": config.parallel.tp, "pp": config.parallel.pp, "dp": config.parallel.dp},
+            world_size=config.parallel.layout.world_size,
+            layout=config.parallel.layout,
         )
         if self.runtime.is_main:
             write_json_atomic(config.out / SUMMARY_FILE, summary.to_json())

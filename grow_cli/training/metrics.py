@@ -32,14 +32,16 @@ def model_flops_per_token(config: TrainConfig) -> float:
     """Training FLOPs per token of this run's model (Megatron-LM convention, padded vocab)."""
     from grow_cli.planning.flops import megatron_flops_per_token
 
-    return megatron_flops_per_token(config.shape, config.parallel.tp)
+    return megatron_flops_per_token(config.shape, config.parallel.layout.tp)
 
 
 def device_peak_flops(override_tflops: float | None = None) -> tuple[str, float | None]:
     """(device description, peak dense bf16 FLOP/s or None when unknown)."""
     import torch
 
-    if not torch.cuda.is_available():
+    from grow_cli.runtime.device import device_policy
+
+    if not device_policy().cuda:
         name = "cpu"
         return name, None if override_tflops is None else override_tflops * 1e12
     name = torch.cuda.get_device_name()

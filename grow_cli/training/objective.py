@@ -34,7 +34,6 @@ LossFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, dict[str, to
 class Objective(Protocol):
     """One micro-batch forward and the loss megatron back-propagates."""
 
-    name: str
     metrics: tuple[str, ...]  # report keys; the first is "the loss"
 
     def forward_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, LossFn]:
@@ -49,11 +48,10 @@ class Objective(Protocol):
 class LanguageModeling:
     """Next-token cross-entropy, summed over unmasked tokens (megatron's pretrain_gpt loss)."""
 
-    name = "lm"
     metrics = ("lm loss",)
 
     def forward_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, LossFn]:
-        device = _device()
+        device = next(model.parameters()).device  # this rank's model lives where its batches go
         tokens = batch["tokens"].to(device, non_blocking=True)
         labels = batch["labels"].to(device, non_blocking=True)
         position_ids = batch["position_ids"].to(device, non_blocking=True)
@@ -69,6 +67,3 @@ class LanguageModeling:
 
         return output, loss_fn
 
-
-def _device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")

@@ -16,7 +16,8 @@ def main() -> None:
     from megatron.core import parallel_state
 
     from grow_cli.runtime.distributed import init_distributed, shutdown
-    from grow_cli.runtime.model import ParallelLayout, build_gpt_model
+    from grow_cli.layout import Layout
+    from grow_cli.runtime.model import build_gpt_model
     from grow_cli.shape import ModelShape
 
     shapes = [ModelShape.from_dict(d) for d in json.loads(sys.argv[1])]
@@ -24,7 +25,7 @@ def main() -> None:
     for index, shape in enumerate(shapes):
         for tp, pp in ((2, 1), (1, 2)):
             runtime = init_distributed(tp=tp, pp=pp)
-            model = build_gpt_model(shape, ParallelLayout(tp=tp, pp=pp), attention="local")
+            model = build_gpt_model(shape, Layout(tp=tp, pp=pp), attention="local")
             local = (parallel_state.get_pipeline_model_parallel_rank(), sum(p.numel() for p in model.parameters()))
             gathered = [None] * runtime.world_size
             torch.distributed.all_gather_object(gathered, local)

@@ -14,7 +14,8 @@ import sys
 
 import torch
 
-from grow_cli.training.config import PretrainOptions, resolve_config
+from grow_cli.training.config import resolve_config
+from grow_cli.training.options import PretrainOptions
 from grow_cli.training.loop import pretrain
 from grow_cli.training.objective import LanguageModeling
 
