@@ -52,6 +52,12 @@ def bytes_to_unicode() -> dict[int, str]:
     return table
 
 
+@lru_cache(maxsize=1)
+def unicode_to_bytes() -> dict[str, int]:
+    """The inverse table: a byte-level token string's characters back to its bytes."""
+    return {char: byte for byte, char in bytes_to_unicode().items()}
+
+
 def _token_string(token: bytes) -> str:
     table = bytes_to_unicode()
     return "".join(table[b] for b in token)
