@@ -138,3 +138,43 @@ def _print_summary(result) -> None:
         f"{result.tokens_per_second:,.0f} tokens/s with {result.workers} worker(s) in {result.seconds:.1f} s"
         + (f"; skipped {result.skipped_empty:,} empty documents" if result.skipped_empty else "")
     )
+
+
+@app.command("tokenizer")
+def train_tokenizer(
+    inputs: Annotated[
+        list[str],
+        typer.Option("--input", "-i", help="Repeatable: local .jsonl/.json/.parquet/.txt files (or .gz), a directory, a quoted glob, or `shakespeare`."),
+    ],
+    vocab_size: Annotated[int, typer.Option(help="Vocabulary size of the trained BPE (256 bytes, the EOS token, merges).")],
+    out: Annotated[str, typer.Option(help="Output directory: tokenizer.json, tokenizer_config.json, special_tokens_map.json.")],
+    held_out: Annotated[float, typer.Option(help="Share of documents kept out of training to measure bytes per token.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of the document-level held-out split.")] = 1234,
+    eos: Annotated[str, typer.Option(help="The end-of-text special token (the document separator).")] = "<|endoftext|>",
+    text_key: Annotated[str, typer.Option(help="JSON field / parquet column holding the text.")] = "text",
+    max_documents: Annotated[int | None, typer.Option(help="Read at most this many non-empty documents.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+) -> None:
+    """Train a byte-level BPE tokenizer on local documents (Hugging Face `tokenizers`); the directory
+    loads with `grow data prepare --tokenizer DIR` and transformers' AutoTokenizer.from_pretrained(DIR)."""
+    from grow_cli.data.bpe import BPETrainingConfig, train_bpe
+
+    result = train_bpe(
+        BPETrainingConfig(
+            inputs=tuple(inputs), out=out, vocab_size=vocab_size, held_out=held_out, seed=seed, eos=eos,
+            text_key=text_key, max_documents=max_documents, force=force,
+        )
+    )
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+        return
+    measured = (
+        f"{result.bytes_per_token:.3f} bytes/token on {result.held_out_documents} held-out document(s)"
+        if result.bytes_per_token is not None
+        else "no held-out documents (raise --held-out to measure bytes/token)"
+    )
+    typer.echo(
+        f"{result.out}: vocab {result.vocab_size:,} trained on {result.train_documents:,} document(s) in "
+        f"{result.seconds:.1f} s; {measured}"
+    )

@@ -245,7 +245,7 @@ class _SplitWriter:
         for length in lengths:
             document = tokens[offset : offset + length]
             offset += length
-            if _goes_to_valid(self.seed, self.index, self.valid_fraction):
+            if goes_to_valid(self.seed, self.index, self.valid_fraction):
                 self._write("valid", document)
             else:
                 # Hold back the latest train document: it may be needed to keep valid non-empty.
@@ -271,7 +271,7 @@ class _SplitWriter:
         self.counts[split][1] += len(document)
 
 
-def _goes_to_valid(seed: int, index: int, fraction: float) -> bool:
+def goes_to_valid(seed: int, index: int, fraction: float) -> bool:
     """A uniform draw in [0, 1) from (seed, document index), independent of chunking and workers."""
     digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") / 2.0**64 < fraction
