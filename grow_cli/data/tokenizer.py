@@ -29,7 +29,14 @@ from pathlib import Path
 import tiktoken
 
 from grow_cli.data.assets import describe_search, find_asset
-from grow_cli.data.tokenizer_record import HUGGINGFACE, RANKS, TIKTOKEN, TokenizerRecord, file_sha256
+from grow_cli.data.tokenizer_record import (
+    CHECKPOINT_TOKENIZER_DIR,
+    HUGGINGFACE,
+    RANKS,
+    TIKTOKEN,
+    TokenizerRecord,
+    file_sha256,
+)
 from grow_cli.errors import GrowError
 
 ENDOFTEXT = "<|endoftext|>"
@@ -233,6 +240,16 @@ def load_recorded(
         f"tokenizer file {record.path} ({record.name}, sha256 {str(record.sha256)[:12]}...) is missing or has "
         f"changed since the data/model was made: restore it at that path"
     )
+
+
+def model_tokenizer(checkpoint: str | Path, record: TokenizerRecord | None, tokenizer_file: str | Path | None = None) -> Tokenizer:
+    """The tokenizer checkpoint `checkpoint` was trained with: its record, read from the copy in
+    the checkpoint's `tokenizer/` folder when there is one; GPT-2 for checkpoints of an older grow,
+    which recorded none and could only train on GPT-2 data."""
+    if record is None:
+        return load_tokenizer(DEFAULT_TOKENIZER, tokenizer_file)
+    copies = (Path(checkpoint) / CHECKPOINT_TOKENIZER_DIR / Path(record.path).name,) if record.path else ()
+    return load_recorded(record, copies, tokenizer_file)
 
 
 def _from_encoding_name(name: str, tokenizer_file: str | Path | None) -> TiktokenTokenizer:

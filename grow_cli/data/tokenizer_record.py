@@ -20,6 +20,8 @@ TIKTOKEN = "tiktoken"  # a named tiktoken encoding: gpt2, cl100k_base, o200k_bas
 RANKS = "tiktoken-ranks"  # a tiktoken rank file (Llama 3's tokenizer.model format)
 HUGGINGFACE = "huggingface"  # a `tokenizers` tokenizer.json
 KINDS = (TIKTOKEN, RANKS, HUGGINGFACE)
+# The folder inside a checkpoint directory holding copies of its tokenizer's files (`grow import`).
+CHECKPOINT_TOKENIZER_DIR = "tokenizer"
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,12 @@ def _fast_tokenizer_json(bpe: ByteLevelBPE, pattern: str) -> str:
     )
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-    tokenizer.add_special_tokens([AddedToken(name, special=True, normalized=False) for name in bpe.special_tokens])
+    # `tokenizers` gives added tokens the next free ids in list order: add them in id order.
+    by_id = sorted(bpe.special_tokens.items(), key=lambda item: item[1])
+    tokenizer.add_special_tokens([AddedToken(name, special=True, normalized=False) for name, _ in by_id])
+    moved = [name for name, i in by_id if tokenizer.token_to_id(name) != i]
+    if moved:
+        raise GrowError(f"special token {moved[0]!r} does not directly follow the BPE ranks; it cannot be exported")
     return tokenizer.to_str(pretty=True)
 
 
