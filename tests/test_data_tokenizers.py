@@ -224,3 +224,13 @@ def test_user_mistakes_are_one_line(bpe_dir, work, tmp_path):
     jsonl = _documents(tmp_path)[1][-1]
     prepare(prepare_job(PrepareConfig(inputs=(jsonl,), out=str(tmp_path / "gpt2data"), valid_fraction=0.5)))
     _refused(["eval", str(ckpt), "--data", str(tmp_path / "gpt2data"), "--no-layers"], "was tokenized with")
+
+
+def test_plan_takes_the_vocabulary_from_the_data(bpe_dir, tmp_path):
+    prefix = tmp_path / "bpe_data"
+    prepare(prepare_job(PrepareConfig(inputs=(_documents(tmp_path)[1][-1],), out=str(prefix), tokenizer=str(bpe_dir))))
+    args = ["plan", "--sizes", "2M,4M", "--tokens-per-param", "20", "--seq-len", "128", "--global-batch", "8"]
+    proc = run_grow([*args, "--data", str(prefix), "--json"])
+    assert proc.returncode == 0, proc.stderr
+    assert {stage["shape"]["vocab"] for stage in json.loads(proc.stdout)["stages"]} == {1000}
+    _refused([*args, "--data", str(prefix), "--vocab", "50257"], "was tokenized with vocab 1000")
