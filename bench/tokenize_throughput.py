@@ -52,7 +52,7 @@ def _prepare(spec: str, workers: int, scratch: Path, repeat: int) -> tuple[int, 
     best, tokens = float("inf"), 0
     for attempt in range(repeat):
         config = PrepareConfig(inputs=("shakespeare",), out=str(scratch / f"w{workers}-{attempt}"), tokenizer=spec,
-                               workers=workers)
+                               workers=workers, force=True)
         start = time.perf_counter()
         info = prepare(prepare_job(config)).info
         best = min(best, time.perf_counter() - start)
