@@ -14,7 +14,7 @@ import torch
 from conftest import REPO, run_ranks
 from grow_cli.data.corpus import shakespeare_files
 from grow_cli.data.datasets import SampleBatches, build_datasets, read_data_info, tokens_of
-from grow_cli.data.prepare import PrepareConfig, plan_prepare, prepare
+from grow_cli.data.prepare import PrepareConfig, prepare_job, prepare
 from grow_cli.data.tokenizer import load_tokenizer
 from grow_cli.errors import GrowError
 
@@ -26,7 +26,7 @@ SEQ = 32
 def prepared(tmp_path_factory) -> str:
     by_name = {path.name: path for path in shakespeare_files()}
     out = str(tmp_path_factory.mktemp("data") / "plays")
-    prepare(plan_prepare(PrepareConfig(inputs=tuple(str(by_name[n]) for n in PLAYS), out=out, valid_fraction=0.25)))
+    prepare(prepare_job(PrepareConfig(inputs=tuple(str(by_name[n]) for n in PLAYS), out=out, valid_fraction=0.25)))
     return out
 
 

@@ -22,7 +22,7 @@ from conftest import run_grow
 from grow_cli.data import prepare as prepare_module
 from grow_cli.data.corpus import shakespeare_files
 from grow_cli.data.info import read_data_info
-from grow_cli.data.prepare import PrepareConfig, plan_prepare, prepare
+from grow_cli.data.prepare import PrepareConfig, prepare_job, prepare
 from grow_cli.data.tokenizer import load_tokenizer
 from grow_cli.errors import GrowError
 
@@ -54,7 +54,7 @@ def _indexed(prefix: str) -> list[list[int]]:
 
 
 def _run(**kwargs):
-    return prepare(plan_prepare(PrepareConfig(**kwargs)))
+    return prepare(prepare_job(PrepareConfig(**kwargs)))
 
 
 def test_plays_written_are_tiktoken_plus_eos(tmp_path, plays, reference_encoding):
@@ -70,7 +70,7 @@ def test_plays_written_are_tiktoken_plus_eos(tmp_path, plays, reference_encoding
     assert [doc for doc in expected if doc in valid] == valid
     assert info.train.tokens == sum(map(len, train)) and info.valid.tokens == sum(map(len, valid))
     assert info.train.documents == len(train) and info.valid.documents == len(valid)
-    assert (info.tokenizer, info.vocab_size, info.eos_id, info.dtype) == ("gpt2", 50257, 50256, "uint16")
+    assert (info.tokenizer.name, info.vocab_size, info.eos_id, info.dtype) == ("gpt2", 50257, 50256, "uint16")
     assert result.tokens_per_second > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["plays.json", "plays_train.bin", "plays_train.idx", "plays_valid.bin", "plays_valid.idx"]
@@ -186,7 +186,7 @@ def test_input_is_never_an_output(tmp_path):
     source = tmp_path / "data.json"
     source.write_text(json.dumps([{"text": "hello"}]))
     with pytest.raises(GrowError, match="would overwrite input"):
-        plan_prepare(PrepareConfig(inputs=(str(source),), out=str(tmp_path / "data"), force=True))
+        prepare_job(PrepareConfig(inputs=(str(source),), out=str(tmp_path / "data"), force=True))
 
 
 def test_cli_end_to_end_json(tmp_path, plays):

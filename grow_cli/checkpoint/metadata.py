@@ -13,6 +13,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from grow_cli.data.tokenizer_record import TokenizerRecord
 from grow_cli.errors import GrowError
 from grow_cli.shape import ModelShape
 
@@ -37,6 +38,7 @@ class CheckpointInfo:
     consumed_samples: int = 0
     stage: str | None = None  # plan stage name, e.g. "2B"
     lineage: tuple[LineageStep, ...] = ()
+    tokenizer: TokenizerRecord | None = None  # what the model was trained with (None: older grow)
     checkpoint_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     format_version: int = FORMAT_VERSION
 
@@ -48,6 +50,7 @@ class CheckpointInfo:
             consumed_samples=changes.pop("consumed_samples", self.consumed_samples),
             stage=changes.pop("stage", self.stage),
             lineage=(*self.lineage, step),
+            tokenizer=changes.pop("tokenizer", self.tokenizer),
             **changes,
         )
 
@@ -55,6 +58,7 @@ class CheckpointInfo:
         data = asdict(self)
         data["shape"] = self.shape.to_dict()
         data["lineage"] = [asdict(s) for s in self.lineage]
+        data["tokenizer"] = self.tokenizer.to_json() if self.tokenizer is not None else None
         return data
 
     @classmethod
@@ -67,6 +71,7 @@ class CheckpointInfo:
             consumed_samples=data.get("consumed_samples", 0),
             stage=data.get("stage"),
             lineage=tuple(LineageStep(**s) for s in data.get("lineage", [])),
+            tokenizer=TokenizerRecord.from_json(data["tokenizer"]) if data.get("tokenizer") else None,
             checkpoint_id=data["checkpoint_id"],
             format_version=data.get("format_version", FORMAT_VERSION),
         )

@@ -42,7 +42,7 @@ class PretokenizedTokenizer:
     def __init__(self, info: DataInfo) -> None:
         self.vocab_size = info.vocab_size
         self.eod = info.eos_id
-        self.unique_identifiers = {"class": "grow.pretokenized", "tokenizer": info.tokenizer, "vocab_size": info.vocab_size}
+        self.unique_identifiers = {"class": "grow.pretokenized", "tokenizer": info.tokenizer.name, "vocab_size": info.vocab_size}
 
 
 def default_cache_dir(info: DataInfo) -> str:

@@ -46,6 +46,9 @@ class PrepareConfig:
     out: str
     tokenizer: str = DEFAULT_TOKENIZER
     tokenizer_file: str | None = None
+    eos: str | None = None
+    split_pattern: str | None = None
+    special_tokens: tuple[str, ...] | None = None
     workers: int = 1
     valid_fraction: float = 0.01
     text_key: str = "text"
@@ -81,9 +84,20 @@ class PrepareResult:
         }
 
 
+def token_dtype(vocab_size: int) -> type[numpy.number]:
+    """The .bin element type: uint16 while every id (< vocab_size) fits in it, else int32.
+
+    Both are element types megatron's `.idx` header records (DType codes 8 and 4), so the dataset
+    reads back with the right type; megatron's own `DType.optimal_dtype` switches at 65500, which
+    would store vocabularies of 65500..65536 tokens in twice the space for no reason.
+    """
+    return numpy.uint16 if vocab_size <= 2**16 else numpy.int32
+
+
 @dataclass(frozen=True)
-class Plan:
-    """A validated request: nothing has been written yet."""
+class PrepareJob:
+    """A validated `grow data prepare` request (tokenizer loaded, inputs resolved, outputs free):
+    nothing has been written yet."""
 
     config: PrepareConfig
     prefix: Path
@@ -92,8 +106,7 @@ class Plan:
 
     @property
     def dtype(self) -> type[numpy.number]:
-        """Megatron's rule (DType.optimal_dtype): uint16 below 65500 tokens, else int32."""
-        return numpy.uint16 if self.tokenizer.vocab_size < 65500 else numpy.int32
+        return token_dtype(self.tokenizer.vocab_size)
 
     @property
     def expected_documents(self) -> int | None:
@@ -104,7 +117,7 @@ class Plan:
         return known if limit is None else min(known, limit)
 
 
-def plan_prepare(config: PrepareConfig) -> Plan:
+def prepare_job(config: PrepareConfig) -> PrepareJob:
     """Check every argument, the inputs and the outputs; GrowError before anything is written."""
     if not 0.0 <= config.valid_fraction < 1.0:
         raise GrowError(f"--valid-fraction must be in [0, 1), got {config.valid_fraction}")
@@ -115,7 +128,10 @@ def plan_prepare(config: PrepareConfig) -> Plan:
     prefix = Path(os.path.abspath(os.path.expanduser(config.out)))
     if config.out.endswith(os.sep) or prefix.is_dir():
         raise GrowError(f"--out is a path prefix such as data/fineweb (files PREFIX_train.bin ...), not a directory: {config.out}")
-    tokenizer = load_tokenizer(config.tokenizer, config.tokenizer_file)
+    tokenizer = load_tokenizer(
+        config.tokenizer, config.tokenizer_file, eos=config.eos, pattern=config.split_pattern,
+        special_tokens=config.special_tokens,
+    )
     source = resolve_source(list(config.inputs), config.text_key, config.name, config.split)
     outputs = output_paths(prefix)
     inputs = {path.resolve() for path in source.files}
@@ -125,10 +141,10 @@ def plan_prepare(config: PrepareConfig) -> Plan:
     existing = [str(path) for path in outputs if path.exists()]
     if existing and not config.force:
         raise GrowError(f"{existing[0]} already exists; pass --force to overwrite or choose another --out")
-    return Plan(config, prefix, tokenizer, source)
+    return PrepareJob(config, prefix, tokenizer, source)
 
 
-def prepare(plan: Plan, on_progress: Callable[[int, int, float], None] | None = None) -> PrepareResult:
+def prepare(job: PrepareJob, on_progress: Callable[[int, int, float], None] | None = None) -> PrepareResult:
     """Tokenize and write; `on_progress(documents, tokens, seconds)` is called after every chunk."""
     with warnings.catch_warnings():
         # megatron.core's package import warns that Apex/Transformer Engine are absent; neither
@@ -136,19 +152,19 @@ def prepare(plan: Plan, on_progress: Callable[[int, int, float], None] | None = 
         warnings.simplefilter("ignore", UserWarning)
         from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-    config, tokenizer = plan.config, plan.tokenizer
-    plan.prefix.parent.mkdir(parents=True, exist_ok=True)
-    temporary = plan.prefix.parent / f".{plan.prefix.name}.partial-{os.getpid()}"
+    config, tokenizer = job.config, job.tokenizer
+    job.prefix.parent.mkdir(parents=True, exist_ok=True)
+    temporary = job.prefix.parent / f".{job.prefix.name}.partial-{os.getpid()}"
     temporaries = output_paths(temporary)[1:]
     start = time.perf_counter()
     try:
         builders = {
-            split: IndexedDatasetBuilder(split_prefix(temporary, split) + ".bin", dtype=plan.dtype)
+            split: IndexedDatasetBuilder(split_prefix(temporary, split) + ".bin", dtype=job.dtype)
             for split in SPLITS
         }
         writer = _SplitWriter(builders, config.valid_fraction, config.seed)
-        reader = _DocumentReader(plan.source.documents(), config.max_documents)
-        for tokens, lengths in _tokenize_chunks(reader.chunks(), tokenizer, plan.dtype, config.workers):
+        reader = _DocumentReader(job.source.documents(), config.max_documents)
+        for tokens, lengths in _tokenize_chunks(reader.chunks(), tokenizer, job.dtype, config.workers):
             writer.add_chunk(tokens, lengths)
             if on_progress is not None:
                 on_progress(writer.documents, writer.tokens, time.perf_counter() - start)
@@ -158,19 +174,17 @@ def prepare(plan: Plan, on_progress: Callable[[int, int, float], None] | None = 
         for split in SPLITS:
             builders[split].finalize(split_prefix(temporary, split) + ".idx")
         info = DataInfo(
-            prefix=str(plan.prefix),
-            tokenizer=tokenizer.name,
-            vocab_size=tokenizer.vocab_size,
-            eos_id=tokenizer.eos_id,
-            dtype=numpy.dtype(plan.dtype).name,
+            prefix=str(job.prefix),
+            tokenizer=tokenizer.record,
+            dtype=numpy.dtype(job.dtype).name,
             seed=config.seed,
             valid_fraction=config.valid_fraction,
-            sources=plan.source.descriptions(),
+            sources=job.source.descriptions(),
             train=writer.split_info("train"),
             valid=writer.split_info("valid"),
             fingerprint=_fingerprint(temporary),
         )
-        _publish(temporary, plan.prefix)
+        _publish(temporary, job.prefix)
         write_data_info(info)
     finally:
         for path in temporaries:
@@ -231,7 +245,7 @@ class _SplitWriter:
         for length in lengths:
             document = tokens[offset : offset + length]
             offset += length
-            if _goes_to_valid(self.seed, self.index, self.valid_fraction):
+            if goes_to_valid(self.seed, self.index, self.valid_fraction):
                 self._write("valid", document)
             else:
                 # Hold back the latest train document: it may be needed to keep valid non-empty.
@@ -257,7 +271,7 @@ class _SplitWriter:
         self.counts[split][1] += len(document)
 
 
-def _goes_to_valid(seed: int, index: int, fraction: float) -> bool:
+def goes_to_valid(seed: int, index: int, fraction: float) -> bool:
     """A uniform draw in [0, 1) from (seed, document index), independent of chunking and workers."""
     digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") / 2.0**64 < fraction
@@ -266,8 +280,7 @@ def _goes_to_valid(seed: int, index: int, fraction: float) -> bool:
 def encode_documents(tokenizer: Tokenizer, dtype: type[numpy.number], texts: list[str]) -> tuple[numpy.ndarray, list[int]]:
     """Token ids of each text followed by EOS, concatenated, and each document's length."""
     pieces = []
-    for text in texts:
-        ids = tokenizer.encode(text)
+    for ids in tokenizer.encode_batch(texts):
         ids.append(tokenizer.eos_id)
         pieces.append(numpy.asarray(ids, dtype=dtype))
     return numpy.concatenate(pieces), [len(piece) for piece in pieces]

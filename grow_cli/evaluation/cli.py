@@ -31,7 +31,7 @@ def eval_command(
     runs: Annotated[list[str] | None, typer.Option(help="With --plan: run directory pattern with {stage} (e.g. 2B) or {index}; repeat for growth and scratch runs.")] = None,
     data: Annotated[str | None, typer.Option(help="Prepared data prefix (grow data prepare): its _valid split is evaluated.")] = None,
     text: Annotated[list[str] | None, typer.Option(help="Text file(s) to evaluate instead of --data, one document each (repeatable).")] = None,
-    tokenizer: Annotated[str, typer.Option(help="Tokenizer for --text and tasks (with --data the data's own is used).")] = "gpt2",
+    tokenizer: Annotated[str | None, typer.Option(help="Tokenizer for --text and tasks (default: the checkpoints' own; with --data the data's, which must match).")] = None,
     tokenizer_file: Annotated[str | None, typer.Option(help="GPT-2 BPE ranks file (gpt2.tiktoken) for offline use.")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Evaluate at most this many predicted tokens of the validation text.")] = None,
     tasks: Annotated[str | None, typer.Option(help="Zero-shot lm-eval tasks, comma separated, or `all`: wikitext, lambada_openai, arc_easy, arc_challenge, winogrande, piqa, openbookqa, hellaswag.")] = None,

@@ -22,7 +22,7 @@ class EvalRequest:
     checkpoints: tuple[Path, ...]
     data: str | None = None
     text: tuple[str, ...] = ()
-    tokenizer: str = "gpt2"
+    tokenizer: str | None = None  # None: the checkpoints' own
     tokenizer_file: str | None = None
     max_tokens: int | None = None
     tasks: tuple[str, ...] = ()
@@ -58,15 +58,30 @@ def _torch_dtype(name: str):
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[device_policy().dtype if name == "auto" else name]
 
 
-def _load_text(request: EvalRequest):
-    """(validation text or None, tokenizer): a prepared prefix brings its own tokenizer."""
-    from grow_cli.data.tokenizer import load_tokenizer
+def _load_text(request: EvalRequest, infos: list):
+    """(validation text or None, tokenizer): a prepared prefix brings its own tokenizer, which must
+    be the checkpoints'; otherwise --tokenizer or the checkpoints' recorded one (all the same)."""
+    from grow_cli.checkpoint.locate import resolve_checkpoint
+    from grow_cli.data.tokenizer import load_tokenizer, model_tokenizer
+    from grow_cli.data.tokenizer_record import check_same_tokenizer
     from grow_cli.evaluation.text import load_prepared_valid, load_text_files
 
     if request.data:
         text = load_prepared_valid(request.data, request.max_tokens, request.tokenizer_file)
+        for path, info in zip(request.checkpoints, infos):
+            check_same_tokenizer(text.tokenizer.record, info.tokenizer, f"data {request.data}", f"checkpoint {path}")
         return text, text.tokenizer
-    tokenizer = load_tokenizer(request.tokenizer, request.tokenizer_file)
+    if request.tokenizer is not None:
+        tokenizer = load_tokenizer(request.tokenizer, request.tokenizer_file)
+    else:
+        first = infos[0].tokenizer
+        for path, info in zip(request.checkpoints[1:], infos[1:]):
+            if first is not None and info.tokenizer is not None and first.identity != info.tokenizer.identity:
+                raise GrowError(
+                    f"checkpoints {request.checkpoints[0]} and {path} were trained with different tokenizers "
+                    f"({first.describe()} vs {info.tokenizer.describe()}): evaluate them separately"
+                )
+        tokenizer = model_tokenizer(resolve_checkpoint(request.checkpoints[0]), first, request.tokenizer_file)
     text = load_text_files(list(request.text), tokenizer, request.max_tokens) if request.text else None
     return text, tokenizer
 
@@ -80,7 +95,7 @@ def run_eval(request: EvalRequest, progress: Progress | None = None) -> list[Mod
     from grow_cli.evaluation.text import check_vocab
 
     infos = [read_info(validate_checkpoint(path)) for path in request.checkpoints]
-    text, tokenizer = _load_text(request)
+    text, tokenizer = _load_text(request, infos)
     for path, info in zip(request.checkpoints, infos):
         if text is not None:
             check_vocab(text, info.shape.vocab, str(path))

@@ -53,11 +53,10 @@ class EvalText:
 
 def token_byte_lengths(tokenizer: Tokenizer) -> numpy.ndarray:
     """UTF-8 bytes of every token id ([vocab] int64); the EOS boundary counts 0 bytes."""
-    encoding = tokenizer.encoding
     lengths = numpy.zeros(tokenizer.vocab_size, dtype=numpy.int64)
     for token in range(tokenizer.vocab_size):
         if token != tokenizer.eos_id:
-            lengths[token] = len(encoding.decode_single_token_bytes(token))
+            lengths[token] = len(tokenizer.token_bytes(token))
     return lengths
 
 
@@ -66,7 +65,7 @@ def load_prepared_valid(prefix: str, max_tokens: int | None, tokenizer_file: str
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     from grow_cli.data.info import read_data_info
-    from grow_cli.data.tokenizer import load_tokenizer
+    from grow_cli.data.tokenizer import load_recorded
 
     info = read_data_info(prefix)
     if info.valid.tokens < 2:
@@ -74,7 +73,7 @@ def load_prepared_valid(prefix: str, max_tokens: int | None, tokenizer_file: str
             f"{info.prefix} has an empty validation split ({info.valid.tokens} tokens): "
             "re-run `grow data prepare` with a larger --valid-fraction or evaluate --text FILES"
         )
-    tokenizer = load_tokenizer(info.tokenizer, tokenizer_file)
+    tokenizer = load_recorded(info.tokenizer, tokenizer_file=tokenizer_file)
     split = info.split_prefix("valid")
     index = IndexedDataset(split, multimodal=False, mmap=True).index
     tokens = numpy.memmap(split + ".bin", dtype=index.dtype, mode="r")

@@ -13,7 +13,8 @@ import typer
 EXPORT_HELP = (
     "Export a grow checkpoint as a Hugging Face Llama directory.\n\n"
     "Writes config.json, generation_config.json, safetensors weights (sharded, with "
-    "model.safetensors.index.json, when larger than --shard-size) and GPT-2 tokenizer files: the "
+    "model.safetensors.index.json, when larger than --shard-size) and the files of the tokenizer the "
+    "model was trained with: the "
     "directory loads with LlamaForCausalLM.from_pretrained, vLLM, TRL and lm-eval (--model hf). "
     "Reads one layer at a time; memory stays near one shard plus one layer."
 )
@@ -65,8 +66,12 @@ def export_command(
         str, typer.Option(help="Largest safetensors file, e.g. 5GB, 500MB, 2GiB; also bounds memory use.")
     ] = "5GB",
     tokenizer: Annotated[
-        str, typer.Option(help="Tokenizer files to include: gpt2 (must match the model's vocabulary) or none.")
-    ] = "gpt2",
+        str,
+        typer.Option(
+            help="Tokenizer files to include: auto (the one the model was trained with), a --tokenizer spec "
+            "as in grow data prepare (must match the model's vocabulary), or none."
+        ),
+    ] = "auto",
     force: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
@@ -142,8 +147,13 @@ def import_command(
     table.add_row("precision", f"{result.dtype} (source {result.source_dtype})")
     table.add_row("written", f"{_size(result.bytes_written)} in {result.pieces} pieces")
     table.add_row("lineage", " -> ".join(step.op for step in result.info.lineage))
+    tokenizer = result.info.tokenizer
+    table.add_row("tokenizer", f"{tokenizer.describe()}, files in tokenizer/" if tokenizer else "none recorded")
     table.add_row("time", f"{result.seconds:.1f} s")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
 
 
 def register(app: typer.Typer) -> None:

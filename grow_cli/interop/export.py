@@ -7,7 +7,8 @@ layer in the checkpoint's dtype and its converted copy (or the embedding, whiche
 so an 8B model exports on a machine with far less RAM than the model.
 
 The directory holds what `LlamaForCausalLM.from_pretrained`, vLLM and TRL expect: config.json,
-generation_config.json, safetensors weights (+ index when sharded), GPT-2 tokenizer files, and
+generation_config.json, safetensors weights (+ index when sharded), the files of the tokenizer the
+model was trained with (whatever its kind, see tokenizer_files.py), and
 `grow.json`, the checkpoint's grow record (shape, lineage), which `grow import` reads back.
 """
 
@@ -34,6 +35,7 @@ from grow_cli.shape import ModelShape
 
 EXPORT_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 GROW_RECORD = "grow.json"
+AUTO_TOKENIZER = "auto"  # the tokenizer the checkpoint was trained with
 DEFAULT_SHARD_SIZE = 5 * 10**9
 
 
@@ -84,18 +86,22 @@ def _check_tensors(reader: CheckpointReader, shape: ModelShape) -> None:
             )
 
 
-def _load_tokenizer(name: str | None, shape: ModelShape):
-    """grow's tokenizer `name` if its files can be written for this model; None for name None."""
+def _load_tokenizer(name: str | None, checkpoint: Path, info: CheckpointInfo):
+    """The tokenizer whose files go into the export: the checkpoint's own for `auto` (the one its
+    grow record names), `name` otherwise; None for name None. It must fit the model's vocabulary."""
     if name is None:
         return None
-    from grow_cli.data.tokenizer import load_tokenizer
+    from grow_cli.checkpoint.locate import resolve_checkpoint
+    from grow_cli.data.tokenizer import load_tokenizer, model_tokenizer
 
-    if name != "gpt2":
-        raise GrowError(f"tokenizer files can be exported for gpt2 only, not {name!r}; pass --tokenizer none")
-    tokenizer = load_tokenizer(name)
+    shape = info.shape
+    if name == AUTO_TOKENIZER:
+        tokenizer = model_tokenizer(resolve_checkpoint(checkpoint), info.tokenizer)
+    else:
+        tokenizer = load_tokenizer(name)
     if tokenizer.vocab_size != shape.vocab:
         raise GrowError(
-            f"the checkpoint's vocabulary ({shape.vocab} tokens) does not match the {name} tokenizer "
+            f"the checkpoint's vocabulary ({shape.vocab} tokens) does not match the {tokenizer.name} tokenizer "
             f"({tokenizer.vocab_size} tokens); pass --tokenizer none to export the weights without tokenizer files"
         )
     return tokenizer
@@ -123,7 +129,7 @@ def export_checkpoint(
     *,
     dtype: str = "bf16",
     shard_size: int = DEFAULT_SHARD_SIZE,
-    tokenizer: str | None = "gpt2",
+    tokenizer: str | None = "auto",
     force: bool = False,
     on_tensor: Callable[[str, int], None] = lambda name, nbytes: None,
     on_plan: Callable[[int], None] = lambda total_bytes: None,
@@ -142,7 +148,7 @@ def export_checkpoint(
     info: CheckpointInfo = read_info(checkpoint)
     shape = info.shape
     _check_tensors(reader, shape)
-    tok = _load_tokenizer(tokenizer, shape)
+    tok = _load_tokenizer(tokenizer, checkpoint, info)
     check_output(out, force, "export directory")
 
     torch_dtype = EXPORT_DTYPES[dtype]

@@ -20,9 +20,10 @@ the import continues.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -31,6 +32,7 @@ from grow_cli.checkpoint import layout
 from grow_cli.checkpoint.atomic import atomic_directory, check_output
 from grow_cli.checkpoint.metadata import COMMON_KEY, CheckpointInfo, LineageStep
 from grow_cli.checkpoint.tensors import Piece, layer_piece, whole, write_checkpoint
+from grow_cli.data.tokenizer_record import CHECKPOINT_TOKENIZER_DIR
 from grow_cli.errors import GrowError
 from grow_cli.interop.export import GROW_RECORD, check_not_input
 from grow_cli.interop.hf_config import config_dtype, shape_from_llama_config
@@ -56,6 +58,8 @@ class ImportResult:
     pieces: int
     bytes_written: int
     seconds: float
+    tokenizer_files: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {
@@ -69,6 +73,9 @@ class ImportResult:
             "pieces": self.pieces,
             "bytes_written": self.bytes_written,
             "seconds": round(self.seconds, 3),
+            "tokenizer": self.info.tokenizer.to_json() if self.info.tokenizer is not None else None,
+            "tokenizer_files": self.tokenizer_files,
+            "warnings": self.warnings,
         }
 
 
@@ -137,6 +144,38 @@ def _record(source: Path, shape: ModelShape, details: dict) -> CheckpointInfo:
     return CheckpointInfo(shape=shape, lineage=(LineageStep(op="import", source=str(source), details=details),))
 
 
+def _source_tokenizer(source: Path, final: Path, shape: ModelShape) -> tuple[list[str], object, list[str]]:
+    """(tokenizer file names in `source`, the record of its tokenizer.json as it will lie in the
+    checkpoint's tokenizer/ folder or None, warnings). A tokenizer with more tokens than the
+    model's vocabulary is refused: its ids would index past the embedding."""
+    from grow_cli.data.tokenizer import HF_TOKENIZER_FILE, load_tokenizer
+    from grow_cli.interop.tokenizer_files import HF_TOKENIZER_FILES
+
+    names = [name for name in HF_TOKENIZER_FILES if (source / name).is_file()]
+    if HF_TOKENIZER_FILE not in names:
+        return names, None, [
+            f"{source} has no {HF_TOKENIZER_FILE}: the checkpoint records no tokenizer, so eval and export "
+            f"need --tokenizer, and data must be prepared with the model's tokenizer by hand"
+        ]
+    try:
+        tokenizer = load_tokenizer(str(source))
+    except GrowError as error:
+        return names, None, [f"{source}'s tokenizer is not recorded: {error}"]
+    if tokenizer.vocab_size > shape.vocab:
+        raise GrowError(
+            f"{source}/{HF_TOKENIZER_FILE} has {tokenizer.vocab_size} tokens but config.json's vocab_size is "
+            f"{shape.vocab}: the tokenizer does not belong to this model"
+        )
+    warnings = []
+    if tokenizer.vocab_size < shape.vocab:
+        warnings.append(
+            f"the tokenizer has {tokenizer.vocab_size} tokens, the model {shape.vocab} rows: data prepared with "
+            f"it will not match the model's vocabulary in grow pretrain"
+        )
+    copy = final.resolve() / CHECKPOINT_TOKENIZER_DIR / HF_TOKENIZER_FILE
+    return names, replace(tokenizer.record, path=str(copy)), warnings
+
+
 def import_llama(
     source: str | Path,
     out: str | Path,
@@ -186,6 +225,9 @@ def import_llama(
 
         details = {"format": "hf-llama", "source_dtype": source_dtype, "architectures": config.get("architectures")}
         info = _record(source, shape, details)
+        tokenizer_files, tokenizer, warnings = _source_tokenizer(source, out, shape)
+        if info.tokenizer is None and tokenizer is not None:
+            info = replace(info, tokenizer=tokenizer)  # a grow export keeps the record it carries
         with atomic_directory(out, force=force, what="checkpoint") as tmp:
             write_checkpoint(
                 tmp,
@@ -194,6 +236,10 @@ def import_llama(
                 common={COMMON_KEY: info.to_dict()},
                 objects=layout.extra_state_objects(shape),
             )
+            if tokenizer_files:
+                (tmp / CHECKPOINT_TOKENIZER_DIR).mkdir()
+                for name in tokenizer_files:
+                    shutil.copyfile(source / name, tmp / CHECKPOINT_TOKENIZER_DIR / name)
     return ImportResult(
         source=source,
         out=out,
@@ -204,4 +250,6 @@ def import_llama(
         pieces=len(pieces),
         bytes_written=sum(p.nbytes for p in pieces),
         seconds=time.monotonic() - start,
+        tokenizer_files=tokenizer_files,
+        warnings=warnings,
     )

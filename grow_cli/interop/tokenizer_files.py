@@ -1,4 +1,5 @@
-"""Hugging Face tokenizer files for GPT-2's encoding, derived from tiktoken's BPE ranks.
+"""Hugging Face tokenizer files for grow's tokenizers: tiktoken encodings converted from their BPE
+ranks, Hugging Face tokenizers copied.
 
 transformers' GPT-2 tokenizer reads `vocab.json` (token string -> id) and `merges.txt` (one merge
 per line, in priority order). Both follow from tiktoken's mergeable ranks alone:
@@ -10,8 +11,8 @@ per line, in priority order). Both follow from tiktoken's mergeable ranks alone:
   merge, at priority rank(t) - 256 (the 256 single bytes come first).
 
 `tokenizer.json` (the fast tokenizer that vLLM, TGI and TRL load directly) is built from the same
-vocab and merges with the `tokenizers` library, configured as GPT-2's: byte-level pre-tokenizer
-with GPT-2's split pattern, no prefix space, `<|endoftext|>` as the one special token.
+vocab and merges with the `tokenizers` library: the encoding's own split pattern (GPT-2's,
+Llama 3's...), byte-level mapping, no prefix space, the encoding's special tokens.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from grow_cli.data.tokenizer_record import HUGGINGFACE
 from grow_cli.errors import GrowError
 
 # Zephyr-style turns (the format of the UltraChat SFT -> UltraFeedback DPO recipe): plain-text role
@@ -32,7 +34,11 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
 )
-TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# The files a Hugging Face tokenizer directory may hold; `grow import` copies these, `grow export` writes them.
+HF_TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+    "added_tokens.json", "tokenizer.model", "chat_template.jinja",
+)
 
 
 @lru_cache(maxsize=1)
@@ -50,6 +56,12 @@ def bytes_to_unicode() -> dict[int, str]:
             table[b] = chr(256 + extra)
             extra += 1
     return table
+
+
+@lru_cache(maxsize=1)
+def unicode_to_bytes() -> dict[str, int]:
+    """The inverse table: a byte-level token string's characters back to its bytes."""
+    return {char: byte for byte, char in bytes_to_unicode().items()}
 
 
 def _token_string(token: bytes) -> str:
@@ -99,37 +111,41 @@ def byte_level_bpe(encoding) -> ByteLevelBPE:
     return ByteLevelBPE(vocab, merges, specials)
 
 
-def _fast_tokenizer_json(bpe: ByteLevelBPE) -> str:
-    """GPT-2's `tokenizer.json`, built with the `tokenizers` library (its byte-level pre-tokenizer
-    splits with GPT-2's own pattern, the one tiktoken's r50k/gpt2 encoding uses)."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+def _fast_tokenizer_json(bpe: ByteLevelBPE, pattern: str) -> str:
+    """The `tokenizer.json` of a tiktoken encoding, built with the `tokenizers` library: its split
+    `pattern` (isolated matches, as tiktoken's regex yields them), then byte-level mapping without
+    a second regex, then BPE that takes a whole word found in the vocabulary as one token before
+    merging (`ignore_merges`, tiktoken's own shortcut), so the ids are tiktoken's."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
-    tokenizer = Tokenizer(models.BPE(vocab=bpe.vocab, merges=bpe.merges, fuse_unk=False))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer = Tokenizer(models.BPE(vocab=bpe.vocab, merges=bpe.merges, fuse_unk=False, ignore_merges=True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-    tokenizer.add_special_tokens([AddedToken(name, special=True, normalized=False) for name in bpe.special_tokens])
+    # `tokenizers` gives added tokens the next free ids in list order: add them in id order.
+    by_id = sorted(bpe.special_tokens.items(), key=lambda item: item[1])
+    tokenizer.add_special_tokens([AddedToken(name, special=True, normalized=False) for name, _ in by_id])
+    moved = [name for name, i in by_id if tokenizer.token_to_id(name) != i]
+    if moved:
+        raise GrowError(f"special token {moved[0]!r} does not directly follow the BPE ranks; it cannot be exported")
     return tokenizer.to_str(pretty=True)
 
 
-def write_tokenizer_files(tokenizer, out_dir: str | Path, max_length: int) -> list[str]:
-    """Write the HF tokenizer files of grow's GPT-2 `Tokenizer` into `out_dir`.
-
-    Returns the file names written. The end-of-text token doubles as BOS, EOS, UNK and padding, as
-    in GPT-2's own Hugging Face release; `max_length` is the model's context length. The chat
-    template only matters once the model is fine-tuned on conversations (TRL, vLLM's chat API).
-    """
-    out_dir = Path(out_dir)
-    encoding = tokenizer.encoding
-    bpe = byte_level_bpe(encoding)
-    eos_name = next(name for name, i in bpe.special_tokens.items() if i == tokenizer.eos_id)
-    (out_dir / "vocab.json").write_text(json.dumps({**bpe.vocab, **bpe.special_tokens}, ensure_ascii=False))
-    merges = "\n".join(f"{left} {right}" for left, right in bpe.merges)
-    (out_dir / "merges.txt").write_text("#version: 0.2\n" + merges + "\n", encoding="utf-8")
-    (out_dir / "tokenizer.json").write_text(_fast_tokenizer_json(bpe), encoding="utf-8")
+def write_config_files(
+    out_dir: Path, eos_name: str, special_tokens: dict[str, int], max_length: int, tokenizer_class: str
+) -> list[str]:
+    """tokenizer_config.json and special_tokens_map.json, which `AutoTokenizer` reads next to the
+    tokenizer: the end-of-text token doubles as BOS, EOS, UNK and padding, as in GPT-2's own
+    release (the data has no BOS: prepare puts EOS between documents). The chat template only
+    matters once the model is fine-tuned on conversations (TRL, vLLM's chat API)."""
     special = {"bos_token": eos_name, "eos_token": eos_name, "unk_token": eos_name, "pad_token": eos_name}
     config = {
-        "tokenizer_class": "GPT2Tokenizer",
+        "tokenizer_class": tokenizer_class,
         "model_max_length": max_length,
         "add_prefix_space": False,
         "add_bos_token": False,
@@ -138,10 +154,63 @@ def write_tokenizer_files(tokenizer, out_dir: str | Path, max_length: int) -> li
         "added_tokens_decoder": {
             str(i): {"content": name, "special": True, "lstrip": False, "rstrip": False, "normalized": False,
                      "single_word": False}
-            for name, i in bpe.special_tokens.items()
+            for name, i in special_tokens.items()
         },
         **special,
     }
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     (out_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
-    return list(TOKENIZER_FILES)
+    return ["tokenizer_config.json", "special_tokens_map.json"]
+
+
+def write_tokenizer_files(tokenizer, out_dir: str | Path, max_length: int) -> list[str]:
+    """Write Hugging Face tokenizer files for grow's `tokenizer` (any kind) into `out_dir`, so that
+    `AutoTokenizer.from_pretrained(out_dir)` encodes like training did. Returns the names written.
+
+    A Hugging Face tokenizer is copied with the files that came with it; a tiktoken encoding is
+    converted (vocab.json and merges.txt as well when it splits like GPT-2, which transformers'
+    slow GPT2Tokenizer hard-codes). `max_length` is the model's context length.
+    """
+    out_dir = Path(out_dir)
+    if tokenizer.record.kind == HUGGINGFACE:
+        return _copy_hf_files(Path(tokenizer.source), out_dir, tokenizer.record.eos, max_length)
+    encoding = tokenizer.encoding
+    bpe = byte_level_bpe(encoding)
+    written = []
+    if encoding._pat_str == _gpt2_pattern():
+        (out_dir / "vocab.json").write_text(json.dumps({**bpe.vocab, **bpe.special_tokens}, ensure_ascii=False))
+        merges = "\n".join(f"{left} {right}" for left, right in bpe.merges)
+        (out_dir / "merges.txt").write_text("#version: 0.2\n" + merges + "\n", encoding="utf-8")
+        written += ["vocab.json", "merges.txt"]
+        tokenizer_class = "GPT2Tokenizer"
+    else:
+        tokenizer_class = "PreTrainedTokenizerFast"
+    (out_dir / "tokenizer.json").write_text(_fast_tokenizer_json(bpe, encoding._pat_str), encoding="utf-8")
+    written.append("tokenizer.json")
+    return written + write_config_files(out_dir, tokenizer.record.eos, bpe.special_tokens, max_length, tokenizer_class)
+
+
+def _gpt2_pattern() -> str:
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    return r50k_pat_str
+
+
+def _copy_hf_files(tokenizer_json: Path, out_dir: Path, eos_name: str, max_length: int) -> list[str]:
+    """tokenizer.json and whichever of its companion files lie next to it; the two config files
+    are written when the source has none (a bare tokenizer.json)."""
+    import shutil
+
+    written = []
+    for name in HF_TOKENIZER_FILES:
+        source = tokenizer_json if name == "tokenizer.json" else tokenizer_json.parent / name
+        if source.is_file():
+            shutil.copyfile(source, out_dir / name)
+            written.append(name)
+    if "tokenizer_config.json" not in written:
+        from tokenizers import Tokenizer
+
+        added = Tokenizer.from_file(str(tokenizer_json)).get_added_tokens_decoder()
+        specials = {token.content: i for i, token in added.items() if token.special}
+        written += write_config_files(out_dir, eos_name, specials, max_length, "PreTrainedTokenizerFast")
+    return written

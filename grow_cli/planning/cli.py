@@ -47,7 +47,8 @@ def plan_command(
         rich_help_panel="Series",
     ),
     seq_len: int = typer.Option(1024, "--seq-len", help="Sequence length.", rich_help_panel="Series"),
-    vocab: int = typer.Option(50257, "--vocab", help="Vocabulary size (GPT-2 BPE: 50257).", rich_help_panel="Series"),
+    vocab: Optional[int] = typer.Option(None, "--vocab", help="Vocabulary size (default: --data's tokenizer, else GPT-2 BPE's 50257).", rich_help_panel="Series"),
+    data: Optional[str] = typer.Option(None, "--data", help="Prepared data prefix (grow data prepare): the vocabulary is its tokenizer's.", rich_help_panel="Series"),
     tied: bool = typer.Option(False, "--tied", help="Tie input and output embeddings.", rich_help_panel="Series"),
     chinchilla: Optional[str] = typer.Option(
         None, "--chinchilla", help="Token budget as a multiple of 20 tokens/param, e.g. 2x (default 1x).", rich_help_panel="Budget"
@@ -126,6 +127,7 @@ def plan_command(
         plan = load_plan(show)
     else:
         names = series_sizes(max_size=max_size, min_size=min_size, stages=stages, factor=factor, sizes=sizes)
+        vocab = _vocab(vocab, data)
         request = PlanRequest(
             sizes=tuple(names),
             tokens_per_param=tokens_per_param(parse_count(names[-1]), chinchilla, per_param, tokens),
@@ -160,3 +162,17 @@ def plan_command(
     for path, what in ((out, "plan"), (plot, "plot")):
         if path is not None:
             console.print(f"wrote {what} {path}")
+
+
+def _vocab(vocab: int | None, data: str | None) -> int:
+    """--vocab, or the vocabulary of --data's tokenizer (they must agree when both are given)."""
+    from grow_cli.shape import GPT2_VOCAB
+
+    if data is None:
+        return GPT2_VOCAB if vocab is None else vocab
+    from grow_cli.data.info import read_data_info
+
+    info = read_data_info(data)
+    if vocab is not None and vocab != info.vocab_size:
+        raise GrowError(f"--vocab {vocab} but --data {data} was tokenized with vocab {info.vocab_size}; drop --vocab")
+    return info.vocab_size

@@ -35,6 +35,7 @@ from pathlib import Path
 from grow_cli.checkpoint.locate import LATEST_FILE, checkpoint_name, latest_checkpoint
 from grow_cli.checkpoint.locate import run_checkpoints as checkpoints
 from grow_cli.checkpoint.metadata import CheckpointInfo, LineageStep, read_common, read_info
+from grow_cli.data.info import read_data_info
 from grow_cli.errors import GrowError
 from grow_cli.runtime.device import device_policy
 from grow_cli.training.config import TrainConfig
@@ -167,7 +168,8 @@ def initial_info(config: TrainConfig) -> CheckpointInfo:
         details=details,
     )
     lineage = (*(parent.lineage if parent else ()), step)
-    return CheckpointInfo(shape=config.shape, stage=config.stage or config.model.name, lineage=lineage)
+    tokenizer = read_data_info(config.data).tokenizer  # the model's tokenizer is its data's
+    return CheckpointInfo(shape=config.shape, stage=config.stage or config.model.name, lineage=lineage, tokenizer=tokenizer)
 
 
 # ---- save / load -------------------------------------------------------------------------

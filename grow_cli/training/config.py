@@ -195,19 +195,24 @@ def resolve_config(
 
         device = device_policy()
     world_size = world_size_from_env() if world_size is None else world_size
-    config = resolve(options, load_inputs(options), world_size=world_size, device=device)
+    inputs = load_inputs(options)
+    config = resolve(options, inputs, world_size=world_size, device=device)
     if config.init is not None:
-        check_init_checkpoint(config.init, config.shape)
+        check_init_checkpoint(config.init, config.shape, inputs.data)
     return config
 
 
-def check_init_checkpoint(path: str, shape: ModelShape) -> None:
-    """--init must be a complete grow checkpoint of exactly this architecture."""
+def check_init_checkpoint(path: str, shape: ModelShape, data=None) -> None:
+    """--init must be a complete grow checkpoint of exactly this architecture (and trained with the
+    tokenizer of `data`, a DataInfo, when given)."""
     from grow_cli.checkpoint.metadata import read_info
     from grow_cli.checkpoint.model_io import same_architecture
     from grow_cli.checkpoint.tensors import validate_checkpoint
+    from grow_cli.data.tokenizer_record import check_same_tokenizer
 
     info = read_info(validate_checkpoint(path))
+    if data is not None:
+        check_same_tokenizer(data.tokenizer, info.tokenizer, f"data {data.prefix}", f"--init {path}")
     if not same_architecture(info.shape, shape):
         raise GrowError(
             f"--init {path} has shape {info.shape.describe()} but this stage is {shape.describe()}; "

@@ -88,14 +88,14 @@ def write_metrics(run, flops_per_iteration, iterations):
 
 def write_inputs(out):
     from grow_cli.data.corpus import shakespeare_files
-    from grow_cli.data.prepare import PrepareConfig, plan_prepare, prepare
+    from grow_cli.data.prepare import PrepareConfig, prepare_job, prepare
 
     plays = shakespeare_files()
     (out / "valid.txt").write_text(plays[0].read_text()[:6000])
     (out / "other.txt").write_text(plays[1].read_text()[:3000])
     (out / "empty.txt").write_text("  \n")
     (out / "data").mkdir()
-    prepare(plan_prepare(PrepareConfig(inputs=(str(out / "other.txt"), str(out / "valid.txt")), out=str(out / "data" / "play"), workers=1, valid_fraction=0.01)))
+    prepare(prepare_job(PrepareConfig(inputs=(str(out / "other.txt"), str(out / "valid.txt")), out=str(out / "data" / "play"), workers=1, valid_fraction=0.01)))
     tasks = out / "tasks"
     tasks.mkdir()
     write_rows(tasks / "wikitext.jsonl", WIKITEXT_ROWS)
