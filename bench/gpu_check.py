@@ -140,23 +140,16 @@ class CheckRecord:
         data = json.loads(path.read_text())
         return cls(**dict(data, steps=[StepResult(**s) for s in data["steps"]]))
 
-    def render(self) -> str:
+    def step_table(self) -> str:
         rows = [f"| {s.name} | {s.status} | {s.seconds:.0f} s | {s.note} |" for s in self.steps]
-        return "\n".join([
-            f"## GPU check steps ({self.mode}, {self.total_s:.0f} s in all)",
-            "",
-            "| step | status | wall | note |",
-            "|---|---|---|---|",
-            *rows,
-            "",
-        ])
+        return "\n".join(["| step | status | wall | note |", "|---|---|---|---|", *rows])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu", "--dry-run", dest="cpu", action="store_true", help="the same steps at tiny size on the CPU")
     parser.add_argument("--out", default=os.environ.get("OUT") or str(BENCH / "out"), help="default: $OUT, else bench/out")
-    parser.add_argument("--budget", type=float, default=450.0, help="total seconds for all steps (default 450)")
+    parser.add_argument("--budget", type=float, default=420.0, help="total seconds for all steps (default 420: a rerun fits in a 15-minute lease)")
     parser.add_argument("--only", help="comma-separated step names to run (the rest are skipped)")
     args = parser.parse_args()
 
@@ -192,7 +185,8 @@ def main() -> None:
     )
     (out / STATUS).write_text(json.dumps(asdict(record), indent=1))
     tables = out / TABLES
-    print("\n" + (tables.read_text() if tables.exists() else "(no tables)") + "\n" + record.render())
+    print("\n" + (tables.read_text() if tables.exists() else "(no tables)"))
+    print(f"\n## GPU check steps ({record.mode}, {record.total_s:.0f} s in all)\n\n{record.step_table()}")
     if any(r.status in ("failed", "timeout") for r in results):
         raise SystemExit(1)
 
