@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install assets test test-fast demo bench clean
+.PHONY: install assets test test-fast demo bench gpu-wheels clean
 
 install: $(VENV)/.installed $(ASSETS)/.installed
 
@@ -49,6 +49,17 @@ bench: install
 	$(BIN)/python bench/pretrain_throughput.py
 	$(BIN)/python bench/expand_memory.py
 	$(BIN)/python bench/eval_lens.py
+
+# What the lent GPU machine lacks, as Python 3.12 wheels for `bench/gpu_check.sh` (carried as .whl/):
+# only megatron-core; its needs (torch, numpy, packaging) and everything else grow imports are in
+# the device image. Pinned to the version the venv tests against. See docs/benchmarks.md.
+GPU_WHEELS := megatron-core==0.16.1
+gpu-wheels:  # after `make install` (uses its pip)
+	rm -rf .whl
+	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl $(GPU_WHEELS)
+	du -sh .whl
 
 clean:
 	rm -rf $(VENV) .cache demo .pytest_cache

@@ -145,7 +145,11 @@ def run_stream(args) -> dict:
     baseline = _peak_rss()
     start = time.perf_counter()
     result = expand_checkpoint(args.path, args.out, target, ExpandOptions(width=args.width, depth=args.depth))
-    return {"seconds": time.perf_counter() - start, "bytes_read": result.bytes_read,
+    seconds = time.perf_counter() - start
+    if torch.distributed.is_initialized():
+        # left to interpreter exit, gloo's threads can abort the rank ("terminate called without an active exception")
+        torch.distributed.destroy_process_group()
+    return {"seconds": seconds, "bytes_read": result.bytes_read,
             "bytes_written": result.bytes_written, "baseline_rss": baseline}
 
 

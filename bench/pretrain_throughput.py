@@ -15,7 +15,7 @@ device's peak dense bf16 FLOP/s (`grow_cli.planning.hardware`; none on CPU). Res
 a markdown table and appended as a section to docs/benchmarks.md. Runs alone or under torchrun:
 
     python bench/pretrain_throughput.py [--size 1B] [--seq-len 1024] [--micro-batch 4] [--global-batch 8]
-        [--steps 20] [--warmup 5] [--attention sdpa,local] [--tp 1 --pp 1] [--no-doc]
+        [--steps 20] [--warmup 5] [--attention sdpa,local] [--tp 1 --pp 1] [--peak-tflops N] [--no-doc]
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def measure(args, runtime, config) -> dict:
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    _, peak = device_peak_flops()
+    _, peak = device_peak_flops(args.peak_tflops)
     throughput = Throughput.measure(
         args.steps * config.tokens_per_iter, seconds, model_flops_per_token(config), runtime.world_size, peak
     )
@@ -132,7 +132,8 @@ def measure(args, runtime, config) -> dict:
     return result
 
 
-def render(args, device: str, world: int, shape, name: str, dtype: str, command: str, results: list[dict]) -> str:
+def render(args, device: str, peak: float | None, world: int, shape, name: str, dtype: str, command: str,
+           results: list[dict]) -> str:
     from grow_cli.training.metrics import FLOPS_CONVENTION
 
     rows = []
@@ -158,7 +159,8 @@ def render(args, device: str, world: int, shape, name: str, dtype: str, command:
             f"- batch: global {args.global_batch} x micro {args.micro_batch} sequences, TP={args.tp} PP={args.pp}; "
             f"{args.warmup} warm-up + {args.steps} timed steps on random tokens (data loading excluded)",
             f"- model FLOPs: {FLOPS_CONVENTION} (Megatron-LM per-token formula, causal attention, padded vocab); "
-            "MFU against the device's peak dense bf16 FLOP/s",
+            "MFU against the device's peak dense bf16 FLOP/s: "
+            + ("none known" if peak is None else f"{peak / 1e12:.0f} TFLOP/s ({'--peak-tflops' if args.peak_tflops else 'datasheet, grow_cli.planning.hardware'})"),
             "",
             "| attention | tokens/s | model TFLOP/s per device | MFU | step | peak memory | first loss |",
             "|---|---|---|---|---|---|---|",
@@ -181,6 +183,7 @@ def main() -> None:
     parser.add_argument("--recompute", default="none", choices=("none", "selective", "full"))
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--pp", type=int, default=1)
+    parser.add_argument("--peak-tflops", type=float, help="MFU against this peak per device (e.g. a measured matmul rate)")
     parser.add_argument("--no-doc", action="store_true", help="do not append to docs/benchmarks.md")
     args = parser.parse_args()
 
@@ -213,11 +216,11 @@ def main() -> None:
         for attention in backends:
             config = make_config(args, shape, name, nominal, attention, dtype, dp)
             results.append(measure(args, runtime, config))
-        device, _ = device_peak_flops()
+        device, peak = device_peak_flops(args.peak_tflops)
         command = "python " + " ".join([os.path.relpath(__file__, REPO), *sys.argv[1:]])
         if runtime.world_size > 1:
             command = f"torchrun --nproc-per-node {runtime.world_size} {command[len('python '):]}"
-        report = render(args, device, runtime.world_size, shape, name, dtype, command, results)
+        report = render(args, device, peak, runtime.world_size, shape, name, dtype, command, results)
         if runtime.is_main:
             print(report)
             if not args.no_doc:
