@@ -231,13 +231,15 @@ def test_plan_stage_settings_and_token_budget(data, tmp_path):
 def test_resolution_is_pure_and_a_grown_stage_needs_its_start(tmp_path):
     """`resolve` decides from objects alone (no data, plan or checkpoint on disk)."""
     from grow_cli.data.info import DataInfo, SplitInfo
+    from grow_cli.data.tokenizer_record import TokenizerRecord
     from grow_cli.layout import Layout
     from grow_cli.planning.planner import PlanRequest, build_plan
     from grow_cli.training.config import RunInputs, resolve
 
     plan = build_plan(PlanRequest(sizes=("2M", "4M"), tokens_per_param=20.0, seq_len=64, global_batch=16, layout=Layout(tp=2)))
     first, second = plan.stages
-    data = DataInfo(prefix=str(tmp_path / "nowhere"), tokenizer="gpt2", vocab_size=second.shape.vocab, eos_id=0, dtype="uint16",
+    tokenizer = TokenizerRecord(kind="tiktoken", name="gpt2", vocab_size=second.shape.vocab, eos="<|endoftext|>", eos_id=0)
+    data = DataInfo(prefix=str(tmp_path / "nowhere"), tokenizer=tokenizer, dtype="uint16",
                     seed=0, valid_fraction=0.1, sources=(), train=SplitInfo(1, 10**6), valid=SplitInfo(1, 10**4), fingerprint="-")
     options = PretrainOptions(data=data.prefix, out=str(tmp_path / "run"), plan="p.yaml", stage="2")
     with pytest.raises(GrowError, match=r"grows from 2M: give --init CKPT .*or --from-scratch"):
