@@ -257,7 +257,7 @@ def test_lineage_objects_and_dry_run(work, tmp_path):
     step = info.lineage[-1]
     assert info.iteration == 0 and info.stage == "x" and info.shape.hidden == 80
     assert step.op == "expand" and step.source_id == source_info.checkpoint_id and step.source == str(work / "gqa")
-    assert step.details["width"] == "aki" and step.details["seed"] == 9 and step.details["optimizer"] == "fresh"
+    assert step.details.width == "aki" and step.details.seed == 9 and step.details.optimizer == "fresh"
     objects = CheckpointReader(out).object_keys()
     assert "decoder.layers.mlp.linear_fc2._extra_state/shard_5_6" in objects
     assert len(objects) == 4 * 6
@@ -306,7 +306,7 @@ def test_target_from_plan_stage(tmp_path):
     info = read_info(tmp_path / "out")
     grown = ("hidden", "ffn", "layers", "heads", "kv_groups", "head_dim", "vocab")
     assert [getattr(info.shape, f) for f in grown] == [getattr(second.shape, f) for f in grown]
-    assert info.stage == second.name and info.lineage[-1].details["plan"] == str(plan_file)
+    assert info.stage == second.name and info.lineage[-1].details.plan == str(plan_file)
     again = run_grow(["expand", str(tmp_path / "src"), "--plan", str(plan_file), "--stage", "1", "--out", str(tmp_path / "x")])
     assert again.returncode == 2 and "nothing to expand" in again.stderr
 

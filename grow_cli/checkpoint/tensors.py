@@ -39,20 +39,14 @@ from torch.distributed.checkpoint.planner import (
 )
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
-from grow_cli.checkpoint.locate import resolve_checkpoint
+from grow_cli.checkpoint.rundir import resolve_checkpoint
 from grow_cli.errors import GrowError
-
-TORCH_DIST_METADATA = {
-    "sharded_backend": "torch_dist",
-    "sharded_backend_version": 1,
-    "common_backend": "torch",
-    "common_backend_version": 1,
-}
-
 
 def validate_checkpoint(path: str | Path) -> Path:
     """The checkpoint directory `path` names (a checkpoint, a run directory or its `latest`);
     a GrowError unless it is a complete torch_dist checkpoint."""
+    from megatron.core.dist_checkpointing.core import maybe_load_config
+
     path = resolve_checkpoint(path)
     if not path.is_dir():
         raise GrowError(f"checkpoint {path} does not exist or is not a directory")
@@ -60,9 +54,9 @@ def validate_checkpoint(path: str | Path) -> Path:
     if not meta.is_file():
         raise GrowError(f"{path} is not a torch_dist checkpoint (no metadata.json)")
     try:
-        backend = json.loads(meta.read_text()).get("sharded_backend")
-    except (json.JSONDecodeError, AttributeError):
-        raise GrowError(f"{meta} is not valid JSON; the checkpoint is corrupted") from None
+        backend = maybe_load_config(str(path)).sharded_backend
+    except (json.JSONDecodeError, TypeError):
+        raise GrowError(f"{meta} is not valid torch_dist metadata; the checkpoint is corrupted") from None
     if backend != "torch_dist":
         raise GrowError(f"{path} uses the {backend!r} checkpoint format; grow reads torch_dist checkpoints")
     if not (path / ".metadata").is_file():
@@ -272,5 +266,7 @@ def write_checkpoint(
     with _single_process_dcp():
         dcp.save({}, storage_writer=writer, planner=planner, no_dist=not distributed)
     if is_main:
+        from megatron.core.dist_checkpointing.core import CheckpointingConfig, save_config
+
         torch.save(common, path / "common.pt")
-        (path / "metadata.json").write_text(json.dumps(TORCH_DIST_METADATA))
+        save_config(CheckpointingConfig(sharded_backend="torch_dist"), str(path))

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from grow_cli.checkpoint.atomic import atomic_directory, check_output
-from grow_cli.checkpoint.metadata import COMMON_KEY, CheckpointInfo, LineageStep, read_info
+from grow_cli.checkpoint.metadata import COMMON_KEY, CheckpointInfo, ExpandDetails, LineageStep, read_info
 from grow_cli.checkpoint.tensors import CheckpointReader, Piece, write_checkpoint
 from grow_cli.errors import GrowError
 from grow_cli.expansion.mapping import ExpandOptions, ExpansionPlan, SourceRead
@@ -173,19 +173,19 @@ def target_info(
         op="expand",
         source=str(source),
         source_id=info.checkpoint_id,
-        details={
-            "width": options.width,
-            "depth": options.depth,
-            "seed": options.seed,
-            "noise": options.noise,
-            "stage": stage,
-            "plan": plan,
-            "source_shape": info.shape.to_dict(),
-            "source_iteration": info.iteration,
-            "source_consumed_samples": info.consumed_samples,
-            "exact": options.exact,
-            "optimizer": "fresh",
-        },
+        details=ExpandDetails(
+            width=options.width,
+            depth=options.depth,
+            seed=options.seed,
+            noise=options.noise,
+            stage=stage,
+            plan=plan,
+            source_shape=info.shape,
+            source_iteration=info.iteration,
+            source_consumed_samples=info.consumed_samples,
+            exact=options.exact,
+            optimizer="fresh",
+        ),
     )
     return info.derive(step, shape=expansion.target, iteration=0, consumed_samples=0, stage=stage)
 

@@ -29,7 +29,7 @@ import torch
 
 from grow_cli.checkpoint import layout
 from grow_cli.checkpoint.atomic import atomic_directory, check_output
-from grow_cli.checkpoint.metadata import COMMON_KEY, CheckpointInfo, LineageStep
+from grow_cli.checkpoint.metadata import COMMON_KEY, CheckpointInfo, ImportDetails, LineageStep
 from grow_cli.checkpoint.tensors import Piece, layer_piece, whole, write_checkpoint
 from grow_cli.errors import GrowError
 from grow_cli.interop.export import GROW_RECORD, check_not_input
@@ -123,7 +123,7 @@ def _pieces(shape: ModelShape, vocab_rows: int, dtype: torch.dtype, block_bytes:
     return pieces
 
 
-def _record(source: Path, shape: ModelShape, details: dict) -> CheckpointInfo:
+def _record(source: Path, shape: ModelShape, details: ImportDetails) -> CheckpointInfo:
     """A fresh record, or the exported checkpoint's record continued, with an `import` step."""
     record_path = source / GROW_RECORD
     if record_path.is_file():
@@ -184,7 +184,7 @@ def import_llama(
             on_piece(piece)
             return data
 
-        details = {"format": "hf-llama", "source_dtype": source_dtype, "architectures": config.get("architectures")}
+        details = ImportDetails(format="hf-llama", source_dtype=source_dtype, architectures=config.get("architectures"))
         info = _record(source, shape, details)
         with atomic_directory(out, force=force, what="checkpoint") as tmp:
             write_checkpoint(
