@@ -39,6 +39,7 @@ from torch.distributed.checkpoint.planner import (
 )
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
+from grow_cli.checkpoint.layout import TensorSpec
 from grow_cli.checkpoint.rundir import resolve_checkpoint
 from grow_cli.errors import GrowError
 
@@ -94,6 +95,26 @@ def whole(key: str, shape: tuple[int, ...], dtype: torch.dtype) -> Piece:
 def layer_piece(key: str, shape: tuple[int, ...], layer: int, dtype: torch.dtype) -> Piece:
     """Layer `layer` of a tensor stacked on a leading layer axis."""
     return Piece(key, tuple(shape), (layer,) + (0,) * (len(shape) - 1), (1, *shape[1:]), dtype)
+
+
+def tile(spec: TensorSpec, dtype: torch.dtype, block_bytes: int) -> list[Piece]:
+    """`spec`'s tensor cut into the pieces a streaming writer produces one at a time: each layer
+    of a stacked tensor separately, each matrix in blocks of whole rows of at most `block_bytes`
+    (at least one row), vectors whole. Together the pieces tile the tensor exactly once."""
+    layers = range(spec.shape[0]) if spec.stacked else [None]
+    matrix = spec.shape[1:] if spec.stacked else spec.shape
+    pieces = []
+    for layer in layers:
+        lead, lead_size = ((), ()) if layer is None else ((layer,), (1,))
+        if len(matrix) == 1:
+            pieces.append(Piece(spec.key, spec.shape, lead + (0,), lead_size + matrix, dtype))
+            continue
+        rows, cols = matrix
+        block = max(1, block_bytes // (cols * dtype.itemsize))
+        for start in range(0, rows, block):
+            size = min(block, rows - start)
+            pieces.append(Piece(spec.key, spec.shape, lead + (start, 0), lead_size + (size, cols), dtype))
+    return pieces
 
 
 class _SliceLoadPlanner(DefaultLoadPlanner):

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from grow_cli.checkpoint.atomic import atomic_directory, check_output
+from grow_cli.checkpoint.checks import check_not_input
 from grow_cli.checkpoint.metadata import COMMON_KEY, CheckpointInfo, ExpandDetails, LineageStep, read_info
 from grow_cli.checkpoint.tensors import CheckpointReader, Piece, write_checkpoint
-from grow_cli.errors import GrowError
 from grow_cli.expansion.mapping import ExpandOptions, ExpansionPlan, SourceRead
 from grow_cli.expansion.target import check_growth
 from grow_cli.shape import ModelShape
@@ -144,10 +144,8 @@ def open_source(path: str | Path) -> tuple[CheckpointReader, CheckpointInfo]:
 
 
 def check_paths(source: Path, output: Path, force: bool) -> None:
-    """Refuse outputs that would overwrite or nest inside the source (or vice versa)."""
-    src, out = source.resolve(), output.resolve()
-    if out == src or src in out.parents or out in src.parents:
-        raise GrowError(f"the output {output} must not be the source {source}, inside it, or contain it")
+    """Refuse outputs that would overwrite or nest inside the source (or vice versa), or exist."""
+    check_not_input(output, source)
     check_output(output, force, "output")
 
 

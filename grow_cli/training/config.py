@@ -380,16 +380,11 @@ def resolve_config(
 
 def check_init_checkpoint(path: str, shape: ModelShape) -> None:
     """--init must be a complete grow checkpoint of exactly this architecture."""
+    from grow_cli.checkpoint.checks import check_architecture
     from grow_cli.checkpoint.metadata import read_info
-    from grow_cli.checkpoint.model_io import same_architecture
     from grow_cli.checkpoint.tensors import validate_checkpoint
 
-    info = read_info(validate_checkpoint(path))
-    if not same_architecture(info.shape, shape):
-        raise GrowError(
-            f"--init {path} has shape {info.shape.describe()} but this stage is {shape.describe()}; "
-            "expand it to this stage's size first (grow expand) or pick the matching stage"
-        )
+    check_architecture(f"--init {path}", read_info(validate_checkpoint(path)).shape, shape)
 
 
 def _cuda_available() -> bool:
