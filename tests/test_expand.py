@@ -18,7 +18,7 @@ from grow_cli.errors import GrowError
 from grow_cli.expansion.depth import depth_map
 from grow_cli.expansion.engine import expand_checkpoint
 from grow_cli.expansion.gqa import check_gqa, head_maps, is_feasible
-from grow_cli.expansion.mapping import ExpandOptions, ExpansionPlan
+from grow_cli.expansion.recipe import ExpandOptions, ExpansionRecipe
 from grow_cli.expansion.maps import generator_for, grow_map
 from grow_cli.shape import ModelShape
 
@@ -118,7 +118,7 @@ def test_gqa_feasibility_rule_and_alternative():
 
 
 # ---- operators against an independent reference ---------------------------------------------
-def reference_expansion(src: dict[str, torch.Tensor], s: ModelShape, t: ModelShape, plan: ExpansionPlan, method: str):
+def reference_expansion(src: dict[str, torch.Tensor], s: ModelShape, t: ModelShape, plan: ExpansionRecipe, method: str):
     """bert2BERT FPI/AKI written out element by element from the maps (stack depth 3 -> 4)."""
     g, gf = plan.maps.hidden.index, plan.maps.ffn.index
     gq, gk = plan.maps.heads.query.index, plan.maps.heads.groups.index
@@ -188,7 +188,7 @@ def test_fpi_and_aki_match_reference(work, tmp_path, method, name):
     source, target = SOURCES[name], target_of(name)
     result = expand_checkpoint(work / name, tmp_path / "out", target, ExpandOptions(width=method, depth="stack", seed=5))
     got, src = tensors(tmp_path / "out"), tensors(work / name)
-    plan = ExpansionPlan.for_checkpoint(CheckpointReader(work / name), source, target, ExpandOptions(width=method, seed=5))
+    plan = ExpansionRecipe.for_checkpoint(CheckpointReader(work / name), source, target, ExpandOptions(width=method, seed=5))
     want = reference_expansion(src, source, target, plan, method)
     assert set(got) == set(want)
     for key in want:

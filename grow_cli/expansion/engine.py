@@ -26,7 +26,7 @@ from grow_cli.checkpoint.atomic import atomic_directory, check_output
 from grow_cli.checkpoint.checks import check_not_input
 from grow_cli.checkpoint.metadata import COMMON_KEY, CheckpointInfo, ExpandDetails, LineageStep, read_info
 from grow_cli.checkpoint.tensors import CheckpointReader, Piece, write_checkpoint
-from grow_cli.expansion.mapping import ExpandOptions, ExpansionPlan, SourceRead
+from grow_cli.expansion.recipe import ExpandOptions, ExpansionRecipe, SourceRead
 from grow_cli.expansion.target import check_growth
 from grow_cli.shape import ModelShape
 
@@ -64,7 +64,7 @@ def read_source(reader: CheckpointReader, read: SourceRead) -> torch.Tensor:
     return reader.read(read.key) if read.layer is None else reader.read_layer(read.key, read.layer)
 
 
-def planned_reads(expansion: ExpansionPlan, world: int = 1) -> list[SourceRead]:
+def planned_reads(expansion: ExpansionRecipe, world: int = 1) -> list[SourceRead]:
     """Every source read the engine will make (cache misses included), for `--dry-run`."""
     loads: list[SourceRead] = []
     for share in expansion.assign(world):
@@ -163,7 +163,7 @@ def notes_for(options: ExpandOptions, source: ModelShape) -> list[str]:
 
 
 def target_info(
-    info: CheckpointInfo, expansion: ExpansionPlan, source: Path, stage: str | None, plan: str | None = None
+    info: CheckpointInfo, expansion: ExpansionRecipe, source: Path, stage: str | None, plan: str | None = None
 ) -> CheckpointInfo:
     """The expanded checkpoint's grow record: new shape, iteration 0, the lineage step."""
     options = expansion.options
@@ -226,7 +226,7 @@ def expand_checkpoint(
     source, output = reader.path, Path(output)  # a run directory or `latest` names its checkpoint
     check_paths(source, output, force)
     check_growth(info.shape, target)
-    expansion = ExpansionPlan.for_checkpoint(reader, info.shape, target, options)
+    expansion = ExpansionRecipe.for_checkpoint(reader, info.shape, target, options)
     new_info = target_info(info, expansion, source, stage, plan)
     rank, world = _world()
     mine = expansion.assign(world)[rank]

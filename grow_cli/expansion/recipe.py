@@ -1,9 +1,9 @@
-"""The expansion plan: for every target tensor piece, which source tensors it reads and how.
+"""The expansion recipe: for every target tensor piece, which source tensors it reads and how.
 
 One object serves `--dry-run` (what maps to what, with which operator, how many bytes move) and
 the streaming engine (the list of target pieces and a `build(piece, fetch)` that computes one of
-them from the source tensors it names). The maps are drawn once, from the seed, when the plan is
-made; building a piece depends on nothing but the plan and the source values, so any split of
+them from the source tensors it names). The maps are drawn once, from the seed, when the recipe is
+made; building a piece depends on nothing but the recipe and the source values, so any split of
 the pieces over processes gives the same bytes.
 """
 
@@ -124,7 +124,7 @@ def _ranges(values: tuple[int, ...]) -> str:
     return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in parts)
 
 
-class ExpansionPlan:
+class ExpansionRecipe:
     """Source shape + target shape + options -> the maps, the target pieces and their recipes."""
 
     def __init__(
@@ -148,7 +148,7 @@ class ExpansionPlan:
         self.source_objects = source_objects
 
     @classmethod
-    def for_checkpoint(cls, reader, source: ModelShape, target: ModelShape, options: ExpandOptions) -> "ExpansionPlan":
+    def for_checkpoint(cls, reader, source: ModelShape, target: ModelShape, options: ExpandOptions) -> "ExpansionRecipe":
         """Plan against an opened CheckpointReader, after checking its tensors are `source`'s."""
         specs = check_model_tensors(reader, source, refuse_unknown=True)
         # a training checkpoint also holds optimizer/RNG state: not carried (fresh optimizer)
