@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from grow_cli.checkpoint.atomic import atomic_directory, incomplete_path
+from grow_cli.checkpoint.atomic import atomic_directory, atomic_file, incomplete_path, write_json_atomic
 from grow_cli.checkpoint.layout import merge_qkv, split_qkv
-from grow_cli.checkpoint.metadata import CheckpointInfo, LineageStep, read_info
+from grow_cli.checkpoint.metadata import CheckpointInfo, ExpandDetails, LineageStep, read_info
 from grow_cli.checkpoint.tensors import CheckpointReader, layer_piece, whole, write_checkpoint
 from grow_cli.errors import GrowError
 from grow_cli.shape import ModelShape
@@ -118,6 +119,34 @@ def test_atomic_directory_keeps_nothing_on_failure_and_refuses_overwrite(tmp_pat
     with atomic_directory(out, force=True) as tmp:
         (tmp / "b").write_text("second")
     assert sorted(os.listdir(out)) == ["b"]
+
+
+def test_atomic_file_replaces_whole_or_not_at_all_with_a_temporary_per_writer(tmp_path):
+    final = tmp_path / "run.json"
+    write_json_atomic(final, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_file(final) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert json.loads(final.read_text()) == {"a": 1} and os.listdir(tmp_path) == ["run.json"]
+    with atomic_file(final) as first, atomic_file(final, mode=0o755) as second:
+        assert first != second and first.parent == second.parent == tmp_path
+        first.write_text("first")
+        second.write_text("second")
+    assert final.read_text() == "first" and os.listdir(tmp_path) == ["run.json"]  # the outer block ends last
+    assert final.stat().st_mode & 0o777 != 0o755
+
+
+def test_lineage_reads_old_records_and_round_trips_typed_details(tiny_shape):
+    old = {"op": "expand", "source": "runs/1B", "source_id": "abc", "details": {"source_iteration": 30, "width": "aki"}}
+    step = LineageStep.from_dict(old)
+    assert step.details == ExpandDetails(width="aki", source_iteration=30)
+    full = LineageStep("expand", details=ExpandDetails(width="iso", source_shape=tiny_shape, exact=True))
+    data = json.loads(json.dumps(full.to_dict()))
+    assert data["details"]["source_shape"] == tiny_shape.to_dict() and LineageStep.from_dict(data) == full
+    assert LineageStep("pretrain").details.train_iters is None
+    with pytest.raises(GrowError, match="newer grow"):
+        LineageStep.from_dict({"op": "distill"})
 
 
 def test_qkv_split_merge_follows_group_interleaving():

@@ -18,7 +18,7 @@ from grow_cli.errors import GrowError
 from grow_cli.expansion.depth import depth_map
 from grow_cli.expansion.engine import expand_checkpoint
 from grow_cli.expansion.gqa import check_gqa, head_maps, is_feasible
-from grow_cli.expansion.mapping import ExpandOptions, ExpansionPlan
+from grow_cli.expansion.recipe import ExpandOptions, ExpansionRecipe
 from grow_cli.expansion.maps import generator_for, grow_map
 from grow_cli.shape import ModelShape
 
@@ -118,7 +118,7 @@ def test_gqa_feasibility_rule_and_alternative():
 
 
 # ---- operators against an independent reference ---------------------------------------------
-def reference_expansion(src: dict[str, torch.Tensor], s: ModelShape, t: ModelShape, plan: ExpansionPlan, method: str):
+def reference_expansion(src: dict[str, torch.Tensor], s: ModelShape, t: ModelShape, plan: ExpansionRecipe, method: str):
     """bert2BERT FPI/AKI written out element by element from the maps (stack depth 3 -> 4)."""
     g, gf = plan.maps.hidden.index, plan.maps.ffn.index
     gq, gk = plan.maps.heads.query.index, plan.maps.heads.groups.index
@@ -188,7 +188,7 @@ def test_fpi_and_aki_match_reference(work, tmp_path, method, name):
     source, target = SOURCES[name], target_of(name)
     result = expand_checkpoint(work / name, tmp_path / "out", target, ExpandOptions(width=method, depth="stack", seed=5))
     got, src = tensors(tmp_path / "out"), tensors(work / name)
-    plan = ExpansionPlan.for_checkpoint(CheckpointReader(work / name), source, target, ExpandOptions(width=method, seed=5))
+    plan = ExpansionRecipe.for_checkpoint(CheckpointReader(work / name), source, target, ExpandOptions(width=method, seed=5))
     want = reference_expansion(src, source, target, plan, method)
     assert set(got) == set(want)
     for key in want:
@@ -257,7 +257,7 @@ def test_lineage_objects_and_dry_run(work, tmp_path):
     step = info.lineage[-1]
     assert info.iteration == 0 and info.stage == "x" and info.shape.hidden == 80
     assert step.op == "expand" and step.source_id == source_info.checkpoint_id and step.source == str(work / "gqa")
-    assert step.details["width"] == "aki" and step.details["seed"] == 9 and step.details["optimizer"] == "fresh"
+    assert step.details.width == "aki" and step.details.seed == 9 and step.details.optimizer == "fresh"
     objects = CheckpointReader(out).object_keys()
     assert "decoder.layers.mlp.linear_fc2._extra_state/shard_5_6" in objects
     assert len(objects) == 4 * 6
@@ -306,7 +306,7 @@ def test_target_from_plan_stage(tmp_path):
     info = read_info(tmp_path / "out")
     grown = ("hidden", "ffn", "layers", "heads", "kv_groups", "head_dim", "vocab")
     assert [getattr(info.shape, f) for f in grown] == [getattr(second.shape, f) for f in grown]
-    assert info.stage == second.name and info.lineage[-1].details["plan"] == str(plan_file)
+    assert info.stage == second.name and info.lineage[-1].details.plan == str(plan_file)
     again = run_grow(["expand", str(tmp_path / "src"), "--plan", str(plan_file), "--stage", "1", "--out", str(tmp_path / "x")])
     assert again.returncode == 2 and "nothing to expand" in again.stderr
 

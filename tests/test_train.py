@@ -138,7 +138,7 @@ def test_checkpoint_holds_train_state_and_lineage(runs):
     path = runs["full"] / "iter_0000020"
     info = read_info(path)
     assert info.iteration == 20 and info.consumed_samples == 160
-    assert [step.op for step in info.lineage] == ["pretrain"] and info.lineage[0].details["train_iters"] == 20
+    assert [step.op for step in info.lineage] == ["pretrain"] and info.lineage[0].details.train_iters == 20
     common = torch.load(path / "common.pt", weights_only=False)
     assert common["train"]["scheduler"]["num_steps"] == 20 * 8  # the schedule counts samples
     assert common["train"]["layout"] == {"tp": 2, "pp": 1, "dp": 1}
@@ -273,7 +273,7 @@ def test_lr_schedule_is_warmup_then_cosine_over_samples(data, tmp_path):
 
 
 def test_run_directory_identity(data, tmp_path):
-    from grow_cli.training.checkpointing import check_run_directory, write_run_record
+    from grow_cli.checkpoint.rundir import check_run_directory, write_run_record
 
     out = tmp_path / "run"
     config = resolve_config(tiny_options(data, str(out)), world_size=1, device=CPU)

@@ -1,14 +1,21 @@
-"""Write a directory under a temporary name and rename it when complete.
+"""Write outputs under a temporary name and rename them when complete.
 
-A killed job leaves at most a `.NAME.incomplete` directory beside the output, never a half
-written output; the next run removes the leftover. The temporary name is deterministic so every
-rank of a multi-process job agrees on it without communicating.
+A killed job leaves at most a hidden temporary beside the output, never a half written output.
+Directories (`atomic_directory`) are collective: the temporary name `.NAME.incomplete` is
+deterministic so every rank agrees on it without communicating, and the next run removes the
+leftover. Single files (`atomic_file`) are written by one process: the temporary name carries the
+pid and a random part so two writers of the same file never share a temporary, and the data is
+fsynced before the rename so a crash right after it cannot leave an empty file behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import secrets
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from grow_cli.errors import GrowError
@@ -69,3 +76,36 @@ def atomic_directory(final: str | Path, force: bool = False, what: str = "output
         else:
             tmp.rename(final)
     _barrier()
+
+
+@contextlib.contextmanager
+def atomic_file(final: str | Path, mode: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `final` that replaces `final` once the block completes.
+
+    The block writes the temporary (a library's own writer such as `savefig` can be handed the
+    path); it is then fsynced, given `mode` if one is set, and renamed over `final`. On error the
+    temporary is removed and `final` is untouched.
+    """
+    final = Path(final)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        if mode is not None:
+            tmp.chmod(mode)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(final: str | Path, text: str, mode: int | None = None) -> Path:
+    """Replace `final` with `text` atomically (see `atomic_file`)."""
+    with atomic_file(final, mode) as tmp:
+        tmp.write_text(text)
+    return Path(final)
+
+
+def write_json_atomic(final: str | Path, data: dict) -> Path:
+    """Replace `final` with `data` as indented JSON, atomically."""
+    return write_text_atomic(final, json.dumps(data, indent=2) + "\n")

@@ -3,14 +3,16 @@
 megatron merges `common.pt` into what `dist_checkpointing.load` returns, so the record travels
 with the checkpoint and needs no side file. It holds the shape (the only way expand/eval/export
 learn the architecture), the training position, the plan stage and the lineage: the chain of
-operations (train, expand, import) with the identity of each input, so a grown model can always
-be traced back.
+operations (pretrain, expand, import) with the identity of each input, so a grown model can always
+be traced back. Each kind of step has its own typed details; they serialise to the same JSON
+grow has always written (`{"op", "source", "source_id", "details": {...}}`), and fields a record
+lacks (written by an older grow) read as their defaults.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from grow_cli.data.tokenizer_record import TokenizerRecord
@@ -22,13 +24,94 @@ FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
-class LineageStep:
-    """One operation that produced a checkpoint from another (or from nothing)."""
+class PretrainDetails:
+    """`grow pretrain` (from scratch, or from --init): the run that trained the checkpoint."""
 
-    op: str  # "pretrain", "expand", "import"
+    stage: str | None = None
+    plan: str | None = None
+    data: str | None = None
+    train_iters: int | None = None
+    global_batch: int | None = None
+    tokens: int | None = None
+    lr: float | None = None
+    min_lr: float | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class ExpandDetails:
+    """`grow expand`: the operators, their seed, and where in its run the source stood."""
+
+    width: str | None = None
+    depth: str | None = None
+    seed: int | None = None
+    noise: float | None = None
+    stage: str | None = None
+    plan: str | None = None
+    source_shape: ModelShape | None = None
+    source_iteration: int = 0
+    source_consumed_samples: int = 0
+    exact: bool | None = None
+    optimizer: str = "fresh"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "source_shape": self.source_shape.to_dict() if self.source_shape else None}
+
+
+@dataclass(frozen=True)
+class ImportDetails:
+    """`grow import`: what kind of directory the weights came from."""
+
+    format: str | None = None
+    source_dtype: str | None = None
+    architectures: list[str] | None = None
+
+
+StepDetails = PretrainDetails | ExpandDetails | ImportDetails
+DETAILS_BY_OP: dict[str, type] = {"pretrain": PretrainDetails, "expand": ExpandDetails, "import": ImportDetails}
+
+
+def _details_from_dict(op: str, data: dict) -> StepDetails:
+    kind = DETAILS_BY_OP[op]
+    known = {f.name for f in fields(kind)}
+    values = {key: value for key, value in data.items() if key in known}
+    if kind is ExpandDetails and values.get("source_shape") is not None:
+        values["source_shape"] = ModelShape.from_dict(values["source_shape"])
+    return kind(**values)
+
+
+@dataclass(frozen=True)
+class LineageStep:
+    """One operation that produced a checkpoint from another (or from nothing).
+
+    `details` defaults to the empty record of the step's kind and must be of that kind.
+    """
+
+    op: str  # a key of DETAILS_BY_OP
     source: str | None = None  # input path as given
     source_id: str | None = None  # the input checkpoint's `checkpoint_id`
-    details: dict = field(default_factory=dict)  # method, seed, stage, iterations...
+    details: StepDetails | None = None
+
+    def __post_init__(self) -> None:
+        kind = DETAILS_BY_OP.get(self.op)
+        if kind is None:
+            raise GrowError(f"unknown lineage step {self.op!r}: the checkpoint was written by a newer grow; upgrade grow")
+        if self.details is None:
+            object.__setattr__(self, "details", kind())
+        elif not isinstance(self.details, kind):
+            raise TypeError(f"a {self.op} step needs {kind.__name__}, got {type(self.details).__name__}")
+
+    def to_dict(self) -> dict:
+        details = self.details.to_dict() if isinstance(self.details, ExpandDetails) else asdict(self.details)
+        return {"op": self.op, "source": self.source, "source_id": self.source_id, "details": details}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LineageStep":
+        op = data["op"]
+        if op not in DETAILS_BY_OP:
+            raise GrowError(f"unknown lineage step {op!r}: the checkpoint was written by a newer grow; upgrade grow")
+        details = _details_from_dict(op, data.get("details") or {})
+        return cls(op, source=data.get("source"), source_id=data.get("source_id"), details=details)
 
 
 @dataclass(frozen=True)
@@ -57,7 +140,7 @@ class CheckpointInfo:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["shape"] = self.shape.to_dict()
-        data["lineage"] = [asdict(s) for s in self.lineage]
+        data["lineage"] = [s.to_dict() for s in self.lineage]
         data["tokenizer"] = self.tokenizer.to_json() if self.tokenizer is not None else None
         return data
 
@@ -70,7 +153,7 @@ class CheckpointInfo:
             iteration=data.get("iteration", 0),
             consumed_samples=data.get("consumed_samples", 0),
             stage=data.get("stage"),
-            lineage=tuple(LineageStep(**s) for s in data.get("lineage", [])),
+            lineage=tuple(LineageStep.from_dict(s) for s in data.get("lineage", [])),
             tokenizer=TokenizerRecord.from_json(data["tokenizer"]) if data.get("tokenizer") else None,
             checkpoint_id=data["checkpoint_id"],
             format_version=data.get("format_version", FORMAT_VERSION),
@@ -78,17 +161,18 @@ class CheckpointInfo:
 
 
 def read_common(path: str | Path) -> dict:
-    """The non-tensor state rank 0 wrote (`common.pt`)."""
-    import torch
+    """The non-tensor state rank 0 wrote (`common.pt`), loaded by megatron's own common strategy."""
+    from megatron.core import dist_checkpointing
 
-    from grow_cli.checkpoint.locate import resolve_checkpoint
+    from grow_cli.checkpoint.rundir import resolve_checkpoint
 
-    common = resolve_checkpoint(path) / "common.pt"
+    directory = resolve_checkpoint(path)
+    common = directory / "common.pt"
     if not common.is_file():
         raise GrowError(f"{path} has no common.pt: not a complete torch_dist checkpoint")
     try:
-        return torch.load(common, map_location="cpu", weights_only=False)
-    except Exception as error:  # a truncated or foreign file
+        return dist_checkpointing.load_common_state_dict(str(directory))
+    except Exception as error:  # a truncated or foreign file, or a damaged metadata.json
         raise GrowError(f"{common} cannot be read ({type(error).__name__}); the checkpoint is corrupted") from None
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 
 from grow_cli.checkpoint.atomic import atomic_directory
+from grow_cli.checkpoint.checks import check_architecture
 from grow_cli.checkpoint.metadata import COMMON_KEY, CheckpointInfo, read_info
 from grow_cli.checkpoint.tensors import validate_checkpoint
-from grow_cli.errors import GrowError
 
 
 def save_model_checkpoint(
@@ -50,25 +50,11 @@ def load_model_weights(model, path: str | Path, *, expect_shape=None, strict: bo
 
     path = validate_checkpoint(path)
     info = read_info(path)
-    if expect_shape is not None and _architecture(info.shape) != _architecture(expect_shape):
-        raise GrowError(
-            f"checkpoint {path} has shape {info.shape.describe()}, but this run needs "
-            f"{expect_shape.describe()}; expand it first (grow expand) or pick the matching stage"
-        )
+    if expect_shape is not None:
+        check_architecture(f"checkpoint {path}", info.shape, expect_shape)
     loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(path))
     model.load_state_dict(loaded["model"], strict=strict)
     return info
-
-
-def same_architecture(a, b) -> bool:
-    """Whether two ModelShapes have the same tensors (they may differ in sequence length)."""
-    return _architecture(a) == _architecture(b)
-
-
-def _architecture(shape) -> tuple:
-    """The fields that decide tensor shapes (sequence length may differ between runs)."""
-    return (shape.hidden, shape.ffn, shape.layers, shape.heads, shape.kv_groups, shape.head_dim, shape.vocab,
-            shape.tied_embeddings)
 
 
 def model_from_checkpoint(path: str | Path, layout, *, dtype: torch.dtype = torch.float32, attention: str = "sdpa"):

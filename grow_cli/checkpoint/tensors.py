@@ -39,20 +39,15 @@ from torch.distributed.checkpoint.planner import (
 )
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
-from grow_cli.checkpoint.locate import resolve_checkpoint
+from grow_cli.checkpoint.layout import TensorSpec
+from grow_cli.checkpoint.rundir import resolve_checkpoint
 from grow_cli.errors import GrowError
-
-TORCH_DIST_METADATA = {
-    "sharded_backend": "torch_dist",
-    "sharded_backend_version": 1,
-    "common_backend": "torch",
-    "common_backend_version": 1,
-}
-
 
 def validate_checkpoint(path: str | Path) -> Path:
     """The checkpoint directory `path` names (a checkpoint, a run directory or its `latest`);
     a GrowError unless it is a complete torch_dist checkpoint."""
+    from megatron.core.dist_checkpointing.core import maybe_load_config
+
     path = resolve_checkpoint(path)
     if not path.is_dir():
         raise GrowError(f"checkpoint {path} does not exist or is not a directory")
@@ -60,9 +55,9 @@ def validate_checkpoint(path: str | Path) -> Path:
     if not meta.is_file():
         raise GrowError(f"{path} is not a torch_dist checkpoint (no metadata.json)")
     try:
-        backend = json.loads(meta.read_text()).get("sharded_backend")
-    except (json.JSONDecodeError, AttributeError):
-        raise GrowError(f"{meta} is not valid JSON; the checkpoint is corrupted") from None
+        backend = maybe_load_config(str(path)).sharded_backend
+    except (json.JSONDecodeError, TypeError):
+        raise GrowError(f"{meta} is not valid torch_dist metadata; the checkpoint is corrupted") from None
     if backend != "torch_dist":
         raise GrowError(f"{path} uses the {backend!r} checkpoint format; grow reads torch_dist checkpoints")
     if not (path / ".metadata").is_file():
@@ -100,6 +95,26 @@ def whole(key: str, shape: tuple[int, ...], dtype: torch.dtype) -> Piece:
 def layer_piece(key: str, shape: tuple[int, ...], layer: int, dtype: torch.dtype) -> Piece:
     """Layer `layer` of a tensor stacked on a leading layer axis."""
     return Piece(key, tuple(shape), (layer,) + (0,) * (len(shape) - 1), (1, *shape[1:]), dtype)
+
+
+def tile(spec: TensorSpec, dtype: torch.dtype, block_bytes: int) -> list[Piece]:
+    """`spec`'s tensor cut into the pieces a streaming writer produces one at a time: each layer
+    of a stacked tensor separately, each matrix in blocks of whole rows of at most `block_bytes`
+    (at least one row), vectors whole. Together the pieces tile the tensor exactly once."""
+    layers = range(spec.shape[0]) if spec.stacked else [None]
+    matrix = spec.shape[1:] if spec.stacked else spec.shape
+    pieces = []
+    for layer in layers:
+        lead, lead_size = ((), ()) if layer is None else ((layer,), (1,))
+        if len(matrix) == 1:
+            pieces.append(Piece(spec.key, spec.shape, lead + (0,), lead_size + matrix, dtype))
+            continue
+        rows, cols = matrix
+        block = max(1, block_bytes // (cols * dtype.itemsize))
+        for start in range(0, rows, block):
+            size = min(block, rows - start)
+            pieces.append(Piece(spec.key, spec.shape, lead + (start, 0), lead_size + (size, cols), dtype))
+    return pieces
 
 
 class _SliceLoadPlanner(DefaultLoadPlanner):
@@ -272,5 +287,7 @@ def write_checkpoint(
     with _single_process_dcp():
         dcp.save({}, storage_writer=writer, planner=planner, no_dist=not distributed)
     if is_main:
+        from megatron.core.dist_checkpointing.core import CheckpointingConfig, save_config
+
         torch.save(common, path / "common.pt")
-        (path / "metadata.json").write_text(json.dumps(TORCH_DIST_METADATA))
+        save_config(CheckpointingConfig(sharded_backend="torch_dist"), str(path))

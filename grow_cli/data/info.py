@@ -136,8 +136,6 @@ def _tokenizer_of(record: dict) -> TokenizerRecord:
 
 def write_data_info(info: DataInfo) -> Path:
     """Write the sidecar atomically (temporary name, then rename)."""
-    path = sidecar_path(info.prefix)
-    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    temporary.write_text(json.dumps(info.to_json(), indent=2) + "\n")
-    os.replace(temporary, path)
-    return path
+    from grow_cli.checkpoint.atomic import write_json_atomic
+
+    return write_json_atomic(sidecar_path(info.prefix), info.to_json())

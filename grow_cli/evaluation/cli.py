@@ -70,7 +70,7 @@ def eval_command(
         check_output(markdown, force, "markdown file")
     if plots is not None:
         check_output(plots, force, "plots directory")
-    from grow_cli.checkpoint.locate import resolve_checkpoint
+    from grow_cli.checkpoint.rundir import resolve_checkpoint
     from grow_cli.evaluation.series import checkpoints_from_runs
 
     paths = [resolve_checkpoint(path) for path in checkpoints or ()]
@@ -153,9 +153,9 @@ def _emit(reports, as_json: bool, markdown: Path | None, plots: Path | None, for
         for table in rendered:
             console.print(to_rich(table))
     if markdown is not None:
-        temporary = markdown.with_name(f".{markdown.name}.partial-{os.getpid()}")
-        temporary.write_text("\n".join(to_markdown(t) for t in rendered))
-        os.replace(temporary, markdown)
+        from grow_cli.checkpoint.atomic import write_text_atomic
+
+        write_text_atomic(markdown, "\n".join(to_markdown(t) for t in rendered))
     if plots is not None:
         from grow_cli.checkpoint.atomic import atomic_directory
         from grow_cli.evaluation.plots import write_plots

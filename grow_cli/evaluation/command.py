@@ -61,7 +61,7 @@ def _torch_dtype(name: str):
 def _load_text(request: EvalRequest, infos: list):
     """(validation text or None, tokenizer): a prepared prefix brings its own tokenizer, which must
     be the checkpoints'; otherwise --tokenizer or the checkpoints' recorded one (all the same)."""
-    from grow_cli.checkpoint.locate import resolve_checkpoint
+    from grow_cli.checkpoint.rundir import resolve_checkpoint
     from grow_cli.data.tokenizer import load_tokenizer, model_tokenizer
     from grow_cli.data.tokenizer_record import check_same_tokenizer
     from grow_cli.evaluation.text import load_prepared_valid, load_text_files

@@ -12,15 +12,12 @@ method's "loss vs FLOPs" figure).
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from grow_cli.checkpoint.metadata import CheckpointInfo
+from grow_cli.checkpoint.rundir import METRICS_FILE, latest_checkpoint, run_directory
 from grow_cli.errors import GrowError
-
-METRICS_FILE = "metrics.jsonl"  # grow_cli.training.checkpointing.METRICS_FILE
-_CHECKPOINT_DIR = re.compile(r"^iter_\d+$")
 
 
 @dataclass(frozen=True)
@@ -33,17 +30,6 @@ class RunCost:
     @property
     def total(self) -> float:
         return self.own_flops + self.inherited_flops
-
-
-def run_directory(checkpoint: str | Path) -> Path | None:
-    """The `grow pretrain` run directory holding `checkpoint` (None for a standalone checkpoint).
-    Lineage records keep paths as typed, so a run directory or its `latest` is resolved first."""
-    from grow_cli.checkpoint.locate import resolve_checkpoint
-
-    path = resolve_checkpoint(checkpoint)
-    if _CHECKPOINT_DIR.match(path.name) and (path.parent / METRICS_FILE).is_file():
-        return path.parent
-    return None
 
 
 def read_records(run: Path, kind: str) -> list[dict]:
@@ -82,7 +68,7 @@ def training_cost(checkpoint: Path, info: CheckpointInfo) -> RunCost | None:
         if step.op != "expand":
             continue
         source_run = run_directory(step.source) if step.source else None
-        spent = flops_at(source_run, int(step.details.get("source_iteration", 0))) if source_run else None
+        spent = flops_at(source_run, step.details.source_iteration) if source_run else None
         if spent is None:
             return None
         inherited += spent
@@ -102,7 +88,6 @@ def checkpoints_from_runs(plan_path: str, patterns: list[str]) -> list[Path]:
     """The newest checkpoint of each run `pattern.format(stage=NAME, index=I)` over the plan's
     stages; runs not (yet) on disk are skipped, none at all is an error."""
     from grow_cli.planning.planfile import load_plan
-    from grow_cli.checkpoint.locate import latest_checkpoint
 
     plan = load_plan(plan_path)
     if not patterns:

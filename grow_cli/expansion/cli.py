@@ -63,7 +63,7 @@ def expand_command(
       grow expand ckpt/1B --to 2B --width iso --depth identity --noise 0.01 --out ckpt/2B-exact\n
       grow expand ckpt/1B --to 2B --dry-run
     """
-    from grow_cli.expansion.mapping import ExpandOptions
+    from grow_cli.expansion.recipe import ExpandOptions
     from grow_cli.expansion.target import TargetRequest, resolve_target
 
     options = ExpandOptions(width=width.value, depth=depth.value, seed=seed, noise=noise)
@@ -87,14 +87,14 @@ def expand_command(
 
 def _dry_run(source: Path, out: Optional[Path], request, options, force: bool, as_json: bool) -> None:
     from grow_cli.expansion.engine import check_paths, open_source, planned_reads
-    from grow_cli.expansion.mapping import ExpansionPlan
+    from grow_cli.expansion.recipe import ExpansionRecipe
     from grow_cli.expansion.target import resolve_target
 
     reader, info = open_source(source)
     target, _ = resolve_target(info.shape, request, info.stage)
     if out is not None:
         check_paths(reader.path, out, force)
-    plan = ExpansionPlan.for_checkpoint(reader, info.shape, target, options)
+    plan = ExpansionRecipe.for_checkpoint(reader, info.shape, target, options)
     bytes_read = 0
     for read in planned_reads(plan, int(os.environ.get("WORLD_SIZE", "1"))):
         shape = reader.shape(read.key)

@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 
 from grow_cli.checkpoint.atomic import atomic_directory, check_output
-from grow_cli.checkpoint.metadata import COMMON_KEY, CheckpointInfo, LineageStep, read_info
+from grow_cli.checkpoint.checks import check_not_input
+from grow_cli.checkpoint.metadata import COMMON_KEY, CheckpointInfo, ExpandDetails, LineageStep, read_info
 from grow_cli.checkpoint.tensors import CheckpointReader, Piece, write_checkpoint
-from grow_cli.errors import GrowError
-from grow_cli.expansion.mapping import ExpandOptions, ExpansionPlan, SourceRead
+from grow_cli.expansion.recipe import ExpandOptions, ExpansionRecipe, SourceRead
 from grow_cli.expansion.target import check_growth
 from grow_cli.shape import ModelShape
 
@@ -64,7 +64,7 @@ def read_source(reader: CheckpointReader, read: SourceRead) -> torch.Tensor:
     return reader.read(read.key) if read.layer is None else reader.read_layer(read.key, read.layer)
 
 
-def planned_reads(expansion: ExpansionPlan, world: int = 1) -> list[SourceRead]:
+def planned_reads(expansion: ExpansionRecipe, world: int = 1) -> list[SourceRead]:
     """Every source read the engine will make (cache misses included), for `--dry-run`."""
     loads: list[SourceRead] = []
     for share in expansion.assign(world):
@@ -144,10 +144,8 @@ def open_source(path: str | Path) -> tuple[CheckpointReader, CheckpointInfo]:
 
 
 def check_paths(source: Path, output: Path, force: bool) -> None:
-    """Refuse outputs that would overwrite or nest inside the source (or vice versa)."""
-    src, out = source.resolve(), output.resolve()
-    if out == src or src in out.parents or out in src.parents:
-        raise GrowError(f"the output {output} must not be the source {source}, inside it, or contain it")
+    """Refuse outputs that would overwrite or nest inside the source (or vice versa), or exist."""
+    check_not_input(output, source)
     check_output(output, force, "output")
 
 
@@ -165,7 +163,7 @@ def notes_for(options: ExpandOptions, source: ModelShape) -> list[str]:
 
 
 def target_info(
-    info: CheckpointInfo, expansion: ExpansionPlan, source: Path, stage: str | None, plan: str | None = None
+    info: CheckpointInfo, expansion: ExpansionRecipe, source: Path, stage: str | None, plan: str | None = None
 ) -> CheckpointInfo:
     """The expanded checkpoint's grow record: new shape, iteration 0, the lineage step."""
     options = expansion.options
@@ -173,19 +171,19 @@ def target_info(
         op="expand",
         source=str(source),
         source_id=info.checkpoint_id,
-        details={
-            "width": options.width,
-            "depth": options.depth,
-            "seed": options.seed,
-            "noise": options.noise,
-            "stage": stage,
-            "plan": plan,
-            "source_shape": info.shape.to_dict(),
-            "source_iteration": info.iteration,
-            "source_consumed_samples": info.consumed_samples,
-            "exact": options.exact,
-            "optimizer": "fresh",
-        },
+        details=ExpandDetails(
+            width=options.width,
+            depth=options.depth,
+            seed=options.seed,
+            noise=options.noise,
+            stage=stage,
+            plan=plan,
+            source_shape=info.shape,
+            source_iteration=info.iteration,
+            source_consumed_samples=info.consumed_samples,
+            exact=options.exact,
+            optimizer="fresh",
+        ),
     )
     return info.derive(step, shape=expansion.target, iteration=0, consumed_samples=0, stage=stage)
 
@@ -228,7 +226,7 @@ def expand_checkpoint(
     source, output = reader.path, Path(output)  # a run directory or `latest` names its checkpoint
     check_paths(source, output, force)
     check_growth(info.shape, target)
-    expansion = ExpansionPlan.for_checkpoint(reader, info.shape, target, options)
+    expansion = ExpansionRecipe.for_checkpoint(reader, info.shape, target, options)
     new_info = target_info(info, expansion, source, stage, plan)
     rank, world = _world()
     mine = expansion.assign(world)[rank]

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from grow_cli.checkpoint import layout
 from grow_cli.checkpoint.atomic import atomic_directory, check_output
+from grow_cli.checkpoint.checks import check_model_tensors, check_not_input
 from grow_cli.checkpoint.metadata import CheckpointInfo, read_info
 from grow_cli.checkpoint.tensors import CheckpointReader
 from grow_cli.errors import GrowError
@@ -71,27 +71,12 @@ class ExportResult:
         }
 
 
-def _check_tensors(reader: CheckpointReader, shape: ModelShape) -> None:
-    """Every weight the recorded shape implies is there with the right global shape."""
-    rows = reader.shape(layout.EMBEDDING)[0] if reader.has(layout.EMBEDDING) else shape.padded_vocab(1)
-    if rows < shape.vocab:
-        raise GrowError(f"{reader.path}: embedding has {rows} rows, fewer than the recorded vocab {shape.vocab}")
-    for spec in layout.tensor_specs(shape, rows):
-        if not reader.has(spec.key):
-            raise GrowError(f"{reader.path} has no tensor {spec.key}: not a complete grow model checkpoint")
-        if reader.shape(spec.key) != spec.shape:
-            raise GrowError(
-                f"{reader.path}: {spec.key} has shape {reader.shape(spec.key)}, but the recorded model shape "
-                f"({shape.describe()}) implies {spec.shape}; the checkpoint is inconsistent"
-            )
-
-
 def _load_tokenizer(name: str | None, checkpoint: Path, info: CheckpointInfo):
     """The tokenizer whose files go into the export: the checkpoint's own for `auto` (the one its
     grow record names), `name` otherwise; None for name None. It must fit the model's vocabulary."""
     if name is None:
         return None
-    from grow_cli.checkpoint.locate import resolve_checkpoint
+    from grow_cli.checkpoint.rundir import resolve_checkpoint
     from grow_cli.data.tokenizer import load_tokenizer, model_tokenizer
 
     shape = info.shape
@@ -105,13 +90,6 @@ def _load_tokenizer(name: str | None, checkpoint: Path, info: CheckpointInfo):
             f"({tokenizer.vocab_size} tokens); pass --tokenizer none to export the weights without tokenizer files"
         )
     return tokenizer
-
-
-def check_not_input(out: Path, source: Path) -> None:
-    """Refuse an output that is, contains or lies inside the input (--force would destroy the input)."""
-    out, source = out.resolve(), source.resolve()
-    if out == source or source in out.parents or out in source.parents:
-        raise GrowError(f"output {out} overlaps the input {source}; write the result somewhere else")
 
 
 def _compatibility_warnings(shape: ModelShape) -> list[str]:
@@ -147,7 +125,7 @@ def export_checkpoint(
     reader = CheckpointReader(checkpoint)
     info: CheckpointInfo = read_info(checkpoint)
     shape = info.shape
-    _check_tensors(reader, shape)
+    check_model_tensors(reader, shape, refuse_unknown=False)
     tok = _load_tokenizer(tokenizer, checkpoint, info)
     check_output(out, force, "export directory")
 

@@ -19,6 +19,7 @@ the import continues.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -30,11 +31,12 @@ import torch
 
 from grow_cli.checkpoint import layout
 from grow_cli.checkpoint.atomic import atomic_directory, check_output
-from grow_cli.checkpoint.metadata import COMMON_KEY, CheckpointInfo, LineageStep
-from grow_cli.checkpoint.tensors import Piece, layer_piece, whole, write_checkpoint
+from grow_cli.checkpoint.checks import check_not_input
+from grow_cli.checkpoint.metadata import COMMON_KEY, CheckpointInfo, ImportDetails, LineageStep
+from grow_cli.checkpoint.tensors import Piece, tile, write_checkpoint
 from grow_cli.data.tokenizer_record import CHECKPOINT_TOKENIZER_DIR
 from grow_cli.errors import GrowError
-from grow_cli.interop.export import GROW_RECORD, check_not_input
+from grow_cli.interop.export import GROW_RECORD
 from grow_cli.interop.hf_config import config_dtype, shape_from_llama_config
 from grow_cli.interop.mapping import GLOBAL_MAP, HF_OUTPUT, VOCAB_KEYS, hf_tensors, hf_to_megatron_layer
 from grow_cli.interop.safetensors_io import SafetensorsDir
@@ -114,23 +116,7 @@ def _check_weights(weights: SafetensorsDir, shape: ModelShape) -> None:
         )
 
 
-def _pieces(shape: ModelShape, vocab_rows: int, dtype: torch.dtype, block_bytes: int) -> list[Piece]:
-    """How the checkpoint is cut: per layer, per row block of the vocabulary tensors, whole otherwise."""
-    block_rows = max(1, block_bytes // (shape.hidden * dtype.itemsize))
-    pieces = []
-    for spec in layout.tensor_specs(shape, vocab_rows):
-        if spec.stacked:
-            pieces += [layer_piece(spec.key, spec.shape, layer, dtype) for layer in range(shape.layers)]
-        elif spec.key in VOCAB_KEYS:
-            for start in range(0, vocab_rows, block_rows):
-                rows = min(block_rows, vocab_rows - start)
-                pieces.append(Piece(spec.key, spec.shape, (start, 0), (rows, shape.hidden), dtype))
-        else:
-            pieces.append(whole(spec.key, spec.shape, dtype))
-    return pieces
-
-
-def _record(source: Path, shape: ModelShape, details: dict) -> CheckpointInfo:
+def _record(source: Path, shape: ModelShape, details: ImportDetails) -> CheckpointInfo:
     """A fresh record, or the exported checkpoint's record continued, with an `import` step."""
     record_path = source / GROW_RECORD
     if record_path.is_file():
@@ -206,13 +192,18 @@ def import_llama(
         target = dtype or ("fp32" if source_dtype == "fp16" else source_dtype)
         torch_dtype = IMPORT_DTYPES[target]
         vocab_rows = shape.padded_vocab(1)
-        pieces = _pieces(shape, vocab_rows, torch_dtype, block_bytes)
+        # per layer and in row blocks of at most `block_bytes` (the vocabulary tensors, big layers)
+        pieces = [p for spec in layout.tensor_specs(shape, vocab_rows) for p in tile(spec, torch_dtype, block_bytes)]
         on_plan(sum(p.nbytes for p in pieces))
+
+        @functools.lru_cache(maxsize=1)  # the row blocks of one layer come one after another
+        def layer_tensor(key: str, layer: int) -> torch.Tensor:
+            return hf_to_megatron_layer(key, layer, lambda n: weights.read(n, torch_dtype), shape)
 
         def produce(piece: Piece) -> torch.Tensor:
             if piece.key in layout.LAYER_KEYS:
-                layer = piece.offsets[0]
-                data = hf_to_megatron_layer(piece.key, layer, lambda n: weights.read(n, torch_dtype), shape)[None]
+                start, rows = piece.offsets[1], piece.sizes[1]
+                data = layer_tensor(piece.key, piece.offsets[0])[start : start + rows][None]
             elif piece.key in VOCAB_KEYS:
                 data = torch.zeros(piece.sizes, dtype=torch_dtype)
                 begin, end = piece.offsets[0], min(piece.offsets[0] + piece.sizes[0], shape.vocab)
@@ -223,7 +214,7 @@ def import_llama(
             on_piece(piece)
             return data
 
-        details = {"format": "hf-llama", "source_dtype": source_dtype, "architectures": config.get("architectures")}
+        details = ImportDetails(format="hf-llama", source_dtype=source_dtype, architectures=config.get("architectures"))
         info = _record(source, shape, details)
         tokenizer_files, tokenizer, warnings = _source_tokenizer(source, out, shape)
         if info.tokenizer is None and tokenizer is not None:

@@ -133,10 +133,9 @@ def save_plan(plan: Plan, path: str | Path) -> None:
     """Write the plan as YAML, atomically (temporary name, then rename)."""
     import yaml
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(plan.to_dict(), sort_keys=False))
-    tmp.replace(path)
+    from grow_cli.checkpoint.atomic import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(plan.to_dict(), sort_keys=False))
 
 
 def load_plan(path: str | Path) -> Plan:

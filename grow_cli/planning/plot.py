@@ -59,8 +59,11 @@ def save_plot(plan: Plan, path: Path) -> None:
     ax_tokens.legend(frameon=False)
     fig.tight_layout()
 
+    from grow_cli.checkpoint.atomic import atomic_file
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.incomplete{path.suffix}")
-    fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120)
+    finally:
+        plt.close(fig)

@@ -1,11 +1,8 @@
-"""Training checkpoints: what a resumed run needs to continue exactly, and the run directory.
+"""Training checkpoints: what a resumed run needs to continue exactly.
 
-A run directory holds `run.json` (the run's identity, written once), `iter_0000100/`... (torch_dist
-checkpoints, each written under a temporary name and renamed when complete), `latest` (the name
-of the newest checkpoint, replaced atomically after each save), `metrics.jsonl`,
-`tensorboard/` and, at exit, `summary.json`.
-
-A checkpoint holds, besides the model weights (`model`, same keys as `grow_cli.checkpoint`):
+The run directory these live in (names, `latest`, pruning, the identity check) is defined in
+`grow_cli.checkpoint.rundir`. A checkpoint holds, besides the model weights (`model`, same keys
+as `grow_cli.checkpoint`):
 - `optimizer`: megatron's optimizer state in the fully reshardable layout (per-parameter Adam
   moments and fp32 master weights, sharded like the parameter they belong to), so it loads at any
   TP/PP/DP. Adam creates its state lazily; it is created (zeros, step 0: what Adam would do
@@ -23,31 +20,21 @@ update of `latest`.
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import re
-import shutil
 import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from grow_cli.checkpoint.locate import LATEST_FILE, checkpoint_name, latest_checkpoint
-from grow_cli.checkpoint.locate import run_checkpoints as checkpoints
-from grow_cli.checkpoint.metadata import CheckpointInfo, LineageStep, read_common, read_info
+from grow_cli.checkpoint.metadata import CheckpointInfo, LineageStep, PretrainDetails, read_common, read_info
+from grow_cli.checkpoint.rundir import checkpoint_name, prune_checkpoints, write_latest
 from grow_cli.data.info import read_data_info
 from grow_cli.errors import GrowError
 from grow_cli.runtime.device import device_policy
 from grow_cli.training.config import TrainConfig
 
-RUN_FILE = "run.json"
-SUMMARY_FILE = "summary.json"
-METRICS_FILE = "metrics.jsonl"
 TRAIN_KEY = "train"
 RNG_KEY = "rng_state"
 OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
-# What a run directory may hold besides run.json (a `grow slurm` script and its logs come first).
-_RUN_ENTRY = re.compile(r"^(latest|metrics\.jsonl|summary\.json|tensorboard|iter_\d+|\..+|slurm-.*\.out|.*\.sbatch)$")
 
 
 @dataclass(frozen=True)
@@ -60,106 +47,20 @@ class TrainState:
     train_seconds: float = 0.0  # wall time spent in training steps so far
 
 
-# ---- the run directory -------------------------------------------------------------------
-def check_run_directory(config: TrainConfig) -> Path | None:
-    """Validate `--out` for this run and return the checkpoint to resume from (None: start).
-
-    Read-only (every rank may call it): refuses a directory that holds something else, another
-    run, or this run with different settings; refuses to resume under --no-resume.
-    """
-    out = config.out
-    if out.exists() and not out.is_dir():
-        raise GrowError(f"--out {out} is a file; give a directory")
-    if not out.exists():
-        return None
-    run_file = out / RUN_FILE
-    if not run_file.is_file():
-        foreign = sorted(entry.name for entry in out.iterdir() if not _RUN_ENTRY.match(entry.name))
-        if foreign:
-            raise GrowError(
-                f"--out {out} holds other files ({', '.join(foreign[:3])}) and no grow run ({RUN_FILE}); pick a new directory"
-            )
-        return None
-    try:
-        recorded = json.loads(run_file.read_text())["identity"]
-    except (ValueError, KeyError, TypeError):
-        raise GrowError(f"{run_file} is not a grow run record; pick a new --out") from None
-    mine = config.identity()
-    if recorded.get("shape") != mine["shape"] or recorded.get("stage") != mine["stage"]:
-        raise GrowError(
-            f"--out {out} holds another run (stage {recorded.get('stage')}, shape "
-            f"{_describe(recorded.get('shape'))}); this run is stage {mine['stage']}, {config.shape.describe()}: pick another --out"
-        )
-    changed = [key for key in mine if recorded.get(key) != mine[key]]
-    if changed:
-        key = changed[0]
-        raise GrowError(
-            f"--out {out} holds this run started with {key}={recorded.get(key)} (now {mine[key]}); "
-            f"resume with the same settings or pick another --out"
-        )
-    resume = latest_checkpoint(out)
-    if resume is not None and not config.resume:
-        raise GrowError(
-            f"--out {out} already holds checkpoints of this run (latest {resume.name}); "
-            "drop --no-resume to continue it, or pick another --out"
-        )
-    return resume
-
-
-def _describe(shape: dict | None) -> str:
-    from grow_cli.shape import ModelShape
-
-    try:
-        return ModelShape.from_dict(shape).describe()
-    except Exception:
-        return "unknown"
-
-
-def write_run_record(config: TrainConfig) -> None:
-    """Rank 0: create the run directory, record the run (once; identical on resume) and drop
-    the previous attempt's summary (a summary always describes the latest attempt)."""
-    config.out.mkdir(parents=True, exist_ok=True)
-    (config.out / SUMMARY_FILE).unlink(missing_ok=True)
-    path = config.out / RUN_FILE
-    if not path.exists():
-        write_json_atomic(path, {"identity": config.identity(), "config": config.to_dict()})
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def write_latest(out: Path, name: str) -> None:
-    tmp = out / f".{LATEST_FILE}.tmp"
-    tmp.write_text(name + "\n")
-    os.replace(tmp, out / LATEST_FILE)
-
-
-def prune_checkpoints(out: Path, keep_last: int, protect: Path) -> list[Path]:
-    """Delete all but the `keep_last` newest complete checkpoints; never `protect`."""
-    found = [path for _, path in checkpoints(out)]
-    doomed = [path for path in found[: max(0, len(found) - keep_last)] if path != protect]
-    for path in doomed:
-        shutil.rmtree(path, ignore_errors=True)
-    return doomed
-
-
 # ---- lineage -----------------------------------------------------------------------------
 def initial_info(config: TrainConfig) -> CheckpointInfo:
     """The grow record of this run's checkpoints: its lineage ends with this pretrain step."""
-    details = {
-        "stage": config.stage or config.model.name,
-        "plan": config.plan,
-        "data": config.data,
-        "train_iters": config.batch.train_iters,
-        "global_batch": config.batch.global_batch,
-        "tokens": config.batch.train_iters * config.tokens_per_iter,
-        "lr": config.optimizer.lr,
-        "min_lr": config.optimizer.min_lr,
-        "seed": config.seed,
-    }
+    details = PretrainDetails(
+        stage=config.stage or config.model.name,
+        plan=config.plan,
+        data=config.data,
+        train_iters=config.batch.train_iters,
+        global_batch=config.batch.global_batch,
+        tokens=config.batch.train_iters * config.tokens_per_iter,
+        lr=config.optimizer.lr,
+        min_lr=config.optimizer.min_lr,
+        seed=config.seed,
+    )
     parent = read_info(config.init) if config.init else None
     step = LineageStep(
         op="pretrain",

@@ -120,8 +120,8 @@ def options_to_argv(options: PretrainOptions) -> list[str]:
 
 
 def _write_slurm(options: PretrainOptions, slurm: SlurmOptions, as_json: bool) -> None:
+    from grow_cli.checkpoint.rundir import check_run_directory
     from grow_cli.runtime.device import CUDA
-    from grow_cli.training.checkpointing import check_run_directory
     from grow_cli.training.config import resolve_config
     from grow_cli.training.slurm import check_sbatch, render_sbatch, submit as sbatch_submit, write_script
 

@@ -205,19 +205,15 @@ def resolve_config(
 def check_init_checkpoint(path: str, shape: ModelShape, data=None) -> None:
     """--init must be a complete grow checkpoint of exactly this architecture (and trained with the
     tokenizer of `data`, a DataInfo, when given)."""
+    from grow_cli.checkpoint.checks import check_architecture
     from grow_cli.checkpoint.metadata import read_info
-    from grow_cli.checkpoint.model_io import same_architecture
     from grow_cli.checkpoint.tensors import validate_checkpoint
     from grow_cli.data.tokenizer_record import check_same_tokenizer
 
     info = read_info(validate_checkpoint(path))
     if data is not None:
         check_same_tokenizer(data.tokenizer, info.tokenizer, f"data {data.prefix}", f"--init {path}")
-    if not same_architecture(info.shape, shape):
-        raise GrowError(
-            f"--init {path} has shape {info.shape.describe()} but this stage is {shape.describe()}; "
-            "expand it to this stage's size first (grow expand) or pick the matching stage"
-        )
+    check_architecture(f"--init {path}", info.shape, shape)
 
 
 # ---- resolution (pure: options + inputs -> config) -------------------------------------------

@@ -18,17 +18,9 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from grow_cli.checkpoint.rundir import check_run_directory, write_run_record, write_summary
 from grow_cli.layout import Layout
-from grow_cli.training.checkpointing import (
-    SUMMARY_FILE,
-    TrainState,
-    check_run_directory,
-    initial_info,
-    load_train_checkpoint,
-    save_train_checkpoint,
-    write_json_atomic,
-    write_run_record,
-)
+from grow_cli.training.checkpointing import TrainState, initial_info, load_train_checkpoint, save_train_checkpoint
 from grow_cli.training.config import TrainConfig
 from grow_cli.training.metrics import (
     FLOPS_CONVENTION,
@@ -322,6 +314,6 @@ class _Run:
             layout=config.parallel.layout,
         )
         if self.runtime.is_main:
-            write_json_atomic(config.out / SUMMARY_FILE, summary.to_json())
+            write_summary(config.out, summary.to_json())
         torch.distributed.barrier()
         return summary

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from grow_cli.training.checkpointing import METRICS_FILE
+from grow_cli.checkpoint.atomic import write_text_atomic
+from grow_cli.checkpoint.rundir import METRICS_FILE, TENSORBOARD_DIR
 from grow_cli.training.config import TrainConfig
 
 FLOPS_CONVENTION = "megatron"
@@ -159,9 +159,7 @@ def truncate_records(path: Path, iteration: int) -> None:
             continue
         if record.get("kind") == "run" or record.get("iteration", 0) <= iteration:
             kept.append(line)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
 
 
 def format_seconds(seconds: float) -> str:
@@ -191,7 +189,7 @@ class MetricsLog:
         from torch.utils.tensorboard import SummaryWriter
 
         self._writer = SummaryWriter(
-            log_dir=str(config.out / "tensorboard"), purge_step=start_iteration + 1
+            log_dir=str(config.out / TENSORBOARD_DIR), purge_step=start_iteration + 1
         )
         self.console = Console(stderr=True)
         self.show_lines = not config.quiet

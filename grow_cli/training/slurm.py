@@ -115,14 +115,11 @@ def render_sbatch(job: SlurmJob, grow_args: list[str]) -> str:
 
 def write_script(path: Path, text: str, force: bool) -> Path:
     """Write the script under a temporary name and rename it; refuse to replace without --force."""
-    if path.exists() and not force:
-        raise GrowError(f"{path} already exists; pass --force to replace it or --script to write elsewhere")
+    from grow_cli.checkpoint.atomic import check_output, write_text_atomic
+
+    check_output(path, force, "script")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.chmod(0o755)
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, text, mode=0o755)
 
 
 def check_sbatch() -> str:

@@ -304,11 +304,11 @@ def compute(out):
 
 
 if __name__ == "__main__":
-    from grow_cli.checkpoint.metadata import LineageStep
+    from grow_cli.checkpoint.metadata import ExpandDetails, LineageStep
 
     out = Path(sys.argv[1])
     save(out / SCRATCH, 3, 1, (LineageStep("pretrain"),), iteration=30)
-    expansion = LineageStep("expand", source=str(out / SCRATCH), details={"source_iteration": 30})
+    expansion = LineageStep("expand", source=str(out / SCRATCH), details=ExpandDetails(source_iteration=30))
     save(out / GROWTH, 4, 2, (LineageStep("pretrain"), expansion, LineageStep("pretrain")), iteration=40)
     write_metrics(out / "runs" / "L3", 1e9, (10, 20, 30))
     write_metrics(out / "runs" / "L4", 2e9, (20, 40))

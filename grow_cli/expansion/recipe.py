@@ -1,9 +1,9 @@
-"""The expansion plan: for every target tensor piece, which source tensors it reads and how.
+"""The expansion recipe: for every target tensor piece, which source tensors it reads and how.
 
 One object serves `--dry-run` (what maps to what, with which operator, how many bytes move) and
 the streaming engine (the list of target pieces and a `build(piece, fetch)` that computes one of
-them from the source tensors it names). The maps are drawn once, from the seed, when the plan is
-made; building a piece depends on nothing but the plan and the source values, so any split of
+them from the source tensors it names). The maps are drawn once, from the seed, when the recipe is
+made; building a piece depends on nothing but the recipe and the source values, so any split of
 the pieces over processes gives the same bytes.
 """
 
@@ -33,7 +33,8 @@ from grow_cli.checkpoint.layout import (
     split_qkv,
     tensor_specs,
 )
-from grow_cli.checkpoint.tensors import Piece
+from grow_cli.checkpoint.checks import check_model_tensors
+from grow_cli.checkpoint.tensors import Piece, tile
 from grow_cli.errors import GrowError
 from grow_cli.expansion.depth import DEPTH_METHODS, DepthMap, depth_map
 from grow_cli.expansion.gqa import HeadMaps, head_maps
@@ -123,7 +124,7 @@ def _ranges(values: tuple[int, ...]) -> str:
     return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in parts)
 
 
-class ExpansionPlan:
+class ExpansionRecipe:
     """Source shape + target shape + options -> the maps, the target pieces and their recipes."""
 
     def __init__(
@@ -147,25 +148,12 @@ class ExpansionPlan:
         self.source_objects = source_objects
 
     @classmethod
-    def for_checkpoint(cls, reader, source: ModelShape, target: ModelShape, options: ExpandOptions) -> "ExpansionPlan":
+    def for_checkpoint(cls, reader, source: ModelShape, target: ModelShape, options: ExpandOptions) -> "ExpansionRecipe":
         """Plan against an opened CheckpointReader, after checking its tensors are `source`'s."""
-        vocab_rows = reader.shape(EMBEDDING)[0] if reader.has(EMBEDDING) else source.padded_vocab()
-        expected = {s.key: s.shape for s in tensor_specs(source, vocab_rows)}
+        specs = check_model_tensors(reader, source, refuse_unknown=True)
         # a training checkpoint also holds optimizer/RNG state: not carried (fresh optimizer)
-        found = {key for key in reader.tensor_keys() if not is_training_state(key)}
-        missing = sorted(set(expected) - found)
-        if missing:
-            raise GrowError(f"{reader.path} lacks {', '.join(missing)}: not a GPT checkpoint of shape {source.describe()}")
-        unknown = sorted(found - set(expected))
-        if unknown:
-            raise GrowError(f"{reader.path} holds tensors grow cannot grow ({', '.join(unknown)}); only Llama-style GPT weights are supported")
-        for key, shape in expected.items():
-            if reader.shape(key) != shape:
-                raise GrowError(
-                    f"{reader.path}: {key} has shape {reader.shape(key)}, but its grow metadata says "
-                    f"{source.describe()} ({shape}); the checkpoint is inconsistent"
-                )
-        dtypes = {key: reader.dtype(key) for key in expected}
+        vocab_rows = specs[0].shape[0]
+        dtypes = {spec.key: reader.dtype(spec.key) for spec in specs}
         return cls(source, target, options, vocab_rows=vocab_rows, dtypes=dtypes, source_objects=tuple(key for key in reader.object_keys() if not is_training_state(key)))
 
     # ---- axes ---------------------------------------------------------------------------
@@ -225,24 +213,8 @@ class ExpansionPlan:
         row blocks of at most ROW_BLOCK_BYTES (the vocabulary matrices first, while the writer
         holds nothing else). The source cache then only holds one tensor's layers and every
         piece in flight is small, whatever the model size."""
-        pieces: list[Piece] = []
-        specs = self._target_specs()
-        for spec in sorted(specs, key=lambda s: s.key not in (EMBEDDING, OUTPUT)):
-            dtype = self.dtypes[spec.key]
-            layers = range(spec.shape[0]) if spec.stacked else [None]
-            matrix = spec.shape[1:] if spec.stacked else spec.shape
-            for layer in layers:
-                lead = () if layer is None else (layer,)
-                lead_size = () if layer is None else (1,)
-                if len(matrix) == 1:
-                    pieces.append(Piece(spec.key, spec.shape, lead + (0,), lead_size + matrix, dtype))
-                    continue
-                rows, cols = matrix
-                block = max(1, ROW_BLOCK_BYTES // (cols * dtype.itemsize))
-                for start in range(0, rows, block):
-                    size = min(block, rows - start)
-                    pieces.append(Piece(spec.key, spec.shape, lead + (start, 0), lead_size + (size, cols), dtype))
-        return pieces
+        specs = sorted(self._target_specs(), key=lambda s: s.key not in (EMBEDDING, OUTPUT))
+        return [piece for spec in specs for piece in tile(spec, self.dtypes[spec.key], ROW_BLOCK_BYTES)]
 
     def reads(self, piece: Piece) -> list[SourceRead]:
         """The source tensors `build(piece)` fetches."""

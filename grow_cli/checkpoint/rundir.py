@@ -1,0 +1,171 @@
+"""The run directory `grow pretrain --out RUN` writes, and finding a checkpoint from what a user types.
+
+A run directory holds `run.json` (the run's identity and settings, written once), `iter_0000100/`...
+(torch_dist checkpoints, each complete once renamed into place), `latest` (the name of the newest,
+replaced atomically after each save), `metrics.jsonl`, `tensorboard/` and, at exit,
+`summary.json`. Training writes it, eval and series read it: every name is defined here only.
+
+Every command that reads a checkpoint accepts a checkpoint, a run directory or its `latest`, so
+`grow expand runs/2B`, `grow expand runs/2B/latest` and `grow expand runs/2B/iter_0040000` all work.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Protocol
+
+from grow_cli.checkpoint.atomic import write_json_atomic, write_text_atomic
+from grow_cli.errors import GrowError
+
+LATEST_FILE = "latest"
+RUN_FILE = "run.json"
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+_CHECKPOINT = r"iter_(\d{7,})"
+_CHECKPOINT_NAME = re.compile(f"^{_CHECKPOINT}$")
+# What a run directory may hold besides run.json (a `grow slurm` script and its logs come first).
+_RUN_ENTRY = re.compile(
+    "^("
+    + "|".join(re.escape(name) for name in (LATEST_FILE, METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR))
+    + rf"|{_CHECKPOINT}|\..+|slurm-.*\.out|.*\.sbatch)$"
+)
+
+
+class RunSpec(Protocol):
+    """What the run directory needs to know about a run (grow_cli.training.config.TrainConfig)."""
+
+    out: Path
+    resume: bool
+
+    def identity(self) -> dict: ...
+
+    def to_dict(self) -> dict: ...
+
+
+# ---- checkpoints of a run ----------------------------------------------------------------
+def checkpoint_name(iteration: int) -> str:
+    return f"iter_{iteration:07d}"
+
+
+def run_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """The complete checkpoints of a run directory, oldest first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = []
+    for entry in run_dir.iterdir():
+        match = _CHECKPOINT_NAME.match(entry.name)
+        if match and entry.is_dir() and (entry / "metadata.json").is_file():
+            found.append((int(match.group(1)), entry))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run (by iteration, robust to a stale `latest`)."""
+    found = run_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint directory `path` means; unchanged when it names nothing we recognise."""
+    path = Path(path)
+    if (path / "metadata.json").is_file():
+        return path
+    if path.name == LATEST_FILE and path.is_file():
+        return path.parent / path.read_text().strip()
+    return latest_checkpoint(path) or path
+
+
+def run_directory(checkpoint: str | Path) -> Path | None:
+    """The `grow pretrain` run directory holding `checkpoint` (None for a standalone checkpoint).
+    Lineage records keep paths as typed, so a run directory or its `latest` is resolved first."""
+    path = resolve_checkpoint(checkpoint)
+    if _CHECKPOINT_NAME.match(path.name) and (path.parent / METRICS_FILE).is_file():
+        return path.parent
+    return None
+
+
+def write_latest(run_dir: Path, name: str) -> None:
+    write_text_atomic(Path(run_dir) / LATEST_FILE, name + "\n")
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int, protect: Path) -> list[Path]:
+    """Delete all but the `keep_last` newest complete checkpoints; never `protect`."""
+    found = [path for _, path in run_checkpoints(run_dir)]
+    doomed = [path for path in found[: max(0, len(found) - keep_last)] if path != protect]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
+
+
+# ---- the run's identity ------------------------------------------------------------------
+def check_run_directory(run: RunSpec) -> Path | None:
+    """Validate `run.out` for this run and return the checkpoint to resume from (None: start).
+
+    Read-only (every rank may call it): refuses a directory that holds something else, another
+    run, or this run with different settings; refuses to resume under --no-resume.
+    """
+    out = run.out
+    if out.exists() and not out.is_dir():
+        raise GrowError(f"--out {out} is a file; give a directory")
+    if not out.exists():
+        return None
+    run_file = out / RUN_FILE
+    if not run_file.is_file():
+        foreign = sorted(entry.name for entry in out.iterdir() if not _RUN_ENTRY.match(entry.name))
+        if foreign:
+            raise GrowError(
+                f"--out {out} holds other files ({', '.join(foreign[:3])}) and no grow run ({RUN_FILE}); pick a new directory"
+            )
+        return None
+    try:
+        recorded = json.loads(run_file.read_text())["identity"]
+    except (ValueError, KeyError, TypeError):
+        raise GrowError(f"{run_file} is not a grow run record; pick a new --out") from None
+    mine = run.identity()
+    if recorded.get("shape") != mine["shape"] or recorded.get("stage") != mine["stage"]:
+        raise GrowError(
+            f"--out {out} holds another run (stage {recorded.get('stage')}, shape "
+            f"{_describe(recorded.get('shape'))}); this run is stage {mine['stage']}, {_describe(mine['shape'])}: pick another --out"
+        )
+    changed = [key for key in mine if recorded.get(key) != mine[key]]
+    if changed:
+        key = changed[0]
+        raise GrowError(
+            f"--out {out} holds this run started with {key}={recorded.get(key)} (now {mine[key]}); "
+            f"resume with the same settings or pick another --out"
+        )
+    resume = latest_checkpoint(out)
+    if resume is not None and not run.resume:
+        raise GrowError(
+            f"--out {out} already holds checkpoints of this run (latest {resume.name}); "
+            "drop --no-resume to continue it, or pick another --out"
+        )
+    return resume
+
+
+def _describe(shape: dict | None) -> str:
+    from grow_cli.shape import ModelShape
+
+    try:
+        return ModelShape.from_dict(shape).describe()
+    except Exception:
+        return "unknown"
+
+
+def write_run_record(run: RunSpec) -> None:
+    """Rank 0: create the run directory, record the run (once; identical on resume) and drop
+    the previous attempt's summary (a summary always describes the latest attempt)."""
+    run.out.mkdir(parents=True, exist_ok=True)
+    (run.out / SUMMARY_FILE).unlink(missing_ok=True)
+    path = run.out / RUN_FILE
+    if not path.exists():
+        write_json_atomic(path, {"identity": run.identity(), "config": run.to_dict()})
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    write_json_atomic(Path(run_dir) / SUMMARY_FILE, summary)
