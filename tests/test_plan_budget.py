@@ -12,7 +12,8 @@ from grow_cli.planning.flops import CONVENTIONS
 from grow_cli.planning.lr import LRLadder, ScheduleRule
 from grow_cli.planning.planfile import Layout
 from grow_cli.planning.planner import PlanRequest, build_plan
-from grow_cli.planning.series import growth_problems, series_sizes, tokens_per_param
+from grow_cli.growth_rules import growth_problems
+from grow_cli.planning.series import series_sizes, tokens_per_param
 from grow_cli.shape import PRESETS, ModelShape, nearest_shape_for_tp
 
 REFERENCE = PlanRequest(sizes=("1B", "2B", "4B", "8B"), tokens_per_param=40.0)

@@ -27,7 +27,7 @@ from grow_cli.checkpoint.metadata import COMMON_KEY, CheckpointInfo, LineageStep
 from grow_cli.checkpoint.tensors import CheckpointReader, Piece, write_checkpoint
 from grow_cli.errors import GrowError
 from grow_cli.expansion.mapping import ExpandOptions, ExpansionPlan, SourceRead
-from grow_cli.expansion.target import check_growth
+from grow_cli.growth_rules import check_growth
 from grow_cli.shape import ModelShape
 
 OPTIMIZER_POLICY = (
