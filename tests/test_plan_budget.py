@@ -8,7 +8,7 @@ import pytest
 
 from grow_cli.errors import GrowError
 from grow_cli.planning.budget import fixed_corpus_use, progressive_budgets
-from grow_cli.planning.flops import CONVENTIONS
+from grow_cli.flops import CONVENTIONS
 from grow_cli.planning.lr import LRLadder, ScheduleRule
 from grow_cli.planning.planfile import Layout
 from grow_cli.planning.planner import PlanRequest, build_plan

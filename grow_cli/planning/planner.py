@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from grow_cli.errors import GrowError
 from grow_cli.planning.budget import fixed_corpus_use, progressive_budgets
-from grow_cli.planning.flops import check_convention, flops_per_token, megatron_flops_per_token
+from grow_cli.flops import check_convention, flops_per_token, megatron_flops_per_token
 from grow_cli.planning.hardware import check_mfu, gpu_spec
 from grow_cli.planning.laws import get_law
 from grow_cli.planning.lr import LRLadder, ScheduleRule

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from grow_cli.planning.budget import progressive_budgets
-from grow_cli.planning.flops import CONVENTIONS, flops_per_token
+from grow_cli.flops import CONVENTIONS, flops_per_token
 from grow_cli.planning.hardware import GPUSpec, gpu_spec
 from grow_cli.planning.lr import LRLadder
 from grow_cli.planning.memory import smallest_fitting_layout

@@ -1,7 +1,7 @@
 """What a run reports: JSON lines, TensorBoard, and the console (rank 0 only).
 
 Throughput is counted in model FLOPs with Megatron-LM's per-token formula (dense GQA SwiGLU with
-causal attention, the TP-padded vocabulary: `grow_cli.planning.flops.megatron_flops_per_token`),
+causal attention, the TP-padded vocabulary: `grow_cli.flops.megatron_flops_per_token`),
 which is what Megatron-LM logs as TFLOP/s and what MFU is measured against here. MFU = achieved
 model FLOP/s per device / the device's peak dense bf16 FLOP/s (`grow_cli.planning.hardware`, or
 `--peak-tflops`); it is left empty on a device without a known peak (CPU).
@@ -30,7 +30,7 @@ FLOPS_CONVENTION = "megatron"
 
 def model_flops_per_token(config: TrainConfig) -> float:
     """Training FLOPs per token of this run's model (Megatron-LM convention, padded vocab)."""
-    from grow_cli.planning.flops import megatron_flops_per_token
+    from grow_cli.flops import megatron_flops_per_token
 
     return megatron_flops_per_token(config.shape, config.parallel.tp)
 
