@@ -63,7 +63,7 @@ class MemoryAdvice:
 
 
 def _gpu(plan: Plan) -> GPUSpec:
-    return gpu_spec(plan.inputs.get("gpu", "h100"))
+    return gpu_spec(plan.inputs.gpu)
 
 
 def memory_advice(plan: Plan) -> list[MemoryAdvice]:
@@ -187,12 +187,12 @@ def render(plan: Plan, console: Console) -> None:
     console.print(models)
 
     budget = _table(
-        f"Budget: {totals['tokens_per_param']:.3g} tokens/param; FLOPs {plan.flops_convention} = "
+        f"Budget: {totals.tokens_per_param:.3g} tokens/param; FLOPs {plan.flops_convention} = "
         f"{CONVENTION_TITLES.get(plan.flops_convention, plan.flops_convention)}"
     )
     for column in ("stage", "tokens\nscratch", "tokens\ntrained", f"{unit}\nscratch", f"{unit}\ntrained", f"{unit}\ncumulative"):
         budget.add_column(column, justify="left" if column == "stage" else "right")
-    if totals.get("corpus_tokens"):
+    if totals.corpus_tokens:
         budget.add_column("of which\nre-read", justify="right")
     for s in plan.stages:
         row = [
@@ -203,7 +203,7 @@ def render(plan: Plan, console: Console) -> None:
             flops(s.flops_incremental),
             flops(s.flops_cumulative),
         ]
-        if totals.get("corpus_tokens"):
+        if totals.corpus_tokens:
             row.append(format_count(s.repeated_tokens or 0))
         budget.add_row(*row)
     console.print(budget)
@@ -211,7 +211,7 @@ def render(plan: Plan, console: Console) -> None:
     training = _table(
         f"Training: batch {plan.stages[0].global_batch} x {plan.stages[0].shape.seq_len} tokens "
         f"(micro {plan.stages[0].micro_batch}), TP={layout.tp} PP={layout.pp} DP={layout.dp}, "
-        f"{gpu.name.upper()} at {plan.inputs.get('mfu', 0):.0%} MFU"
+        f"{gpu.name.upper()} at {plan.inputs.mfu:.0%} MFU"
     )
     days = f"days on\n{layout.gpus} GPU{'s' if layout.gpus > 1 else ''}"
     for column in ("stage", "LR", "min LR", "warmup", "iters", "loss\n(law)", "GPU-\nhours", days, "GiB per\nGPU"):
@@ -234,28 +234,26 @@ def render(plan: Plan, console: Console) -> None:
     console.print(training)
 
     lines = [
-        f"FLOPs ({plan.flops_convention}): every size from scratch {flops(totals['flops_independent'])} {unit}, "
-        f"grown series {flops(totals['flops_progressive'])} {unit}: "
-        f"[bold green]{totals['saving_fraction']:.1%} saved[/bold green]",
-        f"Tokens: grown series {format_count(totals['tokens_progressive'])} vs "
-        f"{format_count(totals['tokens_largest_scratch'])} for {plan.stages[-1].name} alone "
-        f"({totals['tokens_progressive'] / totals['tokens_largest_scratch'] - 1:+.0%})",
+        f"FLOPs ({plan.flops_convention}): every size from scratch {flops(totals.flops_independent)} {unit}, "
+        f"grown series {flops(totals.flops_progressive)} {unit}: "
+        f"[bold green]{totals.saving_fraction:.1%} saved[/bold green]",
+        f"Tokens: grown series {format_count(totals.tokens_progressive)} vs "
+        f"{format_count(totals.tokens_largest_scratch)} for {plan.stages[-1].name} alone "
+        f"({totals.tokens_progressive / totals.tokens_largest_scratch - 1:+.0%})",
         f"GPU-hours ({gpu.name.upper()}, Megatron-counted FLOPs): grown series "
-        f"{_amount(totals['gpu_hours_progressive'])} vs {_amount(totals['gpu_hours_independent'])} from scratch",
+        f"{_amount(totals.gpu_hours_progressive)} vs {_amount(totals.gpu_hours_independent)} from scratch",
     ]
-    if totals.get("corpus_tokens"):
+    if totals.corpus_tokens:
         lines.append(
-            f"Fixed data: a {format_count(totals['corpus_tokens'])}-token corpus; "
-            f"{format_count(totals['repeated_tokens'])} tokens are read a second time"
-            + (f" (in {', '.join(s.name for s in plan.stages if s.repeated_tokens)})" if totals["repeated_tokens"] else "")
+            f"Fixed data: a {format_count(totals.corpus_tokens)}-token corpus; "
+            f"{format_count(totals.repeated_tokens)} tokens are read a second time"
+            + (f" (in {', '.join(s.name for s in plan.stages if s.repeated_tokens)})" if totals.repeated_tokens else "")
         )
     lines.append(
-        f"Scaling law {plan.inputs.get('law', '')}: the compute of {plan.stages[-1].name} from scratch is best spent on "
-        f"{format_count(totals['law_optimal_params'])} params (all, embeddings included) x {format_count(totals['law_optimal_tokens'])} tokens"
+        f"Scaling law {plan.inputs.law}: the compute of {plan.stages[-1].name} from scratch is best spent on "
+        f"{format_count(totals.law_optimal_params)} params (all, embeddings included) x {format_count(totals.law_optimal_tokens)} tokens"
     )
-    lr_spec = plan.inputs.get("lr_ladder")
-    if lr_spec:
-        lines.append(f"Learning rates: {LRLadder.parse(lr_spec).describe()}")
+    lines.append(f"Learning rates: {LRLadder.parse(plan.inputs.lr_ladder).describe()}")
     for line in lines:
         console.print(line)
 
