@@ -138,9 +138,10 @@ def run_stream(args) -> dict:
 
     from grow_cli.expansion.engine import expand_checkpoint
     from grow_cli.expansion.mapping import ExpandOptions
+    from grow_cli.runtime.env import world_size
 
     _, target = _shapes(args)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if world_size() > 1:
         torch.distributed.init_process_group("gloo")
     baseline = _peak_rss()
     start = time.perf_counter()

@@ -11,6 +11,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from grow_cli.dtypes import torch_dtype
 from grow_cli.errors import GrowError
 from grow_cli.evaluation.runner import ModelReport, Progress, RunSettings
 
@@ -55,7 +56,7 @@ def _torch_dtype(name: str):
 
     if name == "auto":
         return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+    return torch_dtype(name)
 
 
 def _load_text(request: EvalRequest):

@@ -10,14 +10,14 @@ resolution is instant.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from grow_cli.dtypes import WEIGHT_DTYPES
 from grow_cli.errors import GrowError
+from grow_cli.runtime import env
 from grow_cli.shape import DEFAULT_SEQ_LEN, ModelShape
 
-DTYPES = ("bf16", "fp32")
 RECOMPUTE = ("none", "selective", "full")
 DEFAULT_LR = 3.0e-4  # the reference method's from-scratch rate (spec §1)
 DEFAULT_GLOBAL_BATCH = 32
@@ -186,14 +186,6 @@ class TrainConfig:
 
 
 # ---- resolution ------------------------------------------------------------------------------
-def world_size_from_env() -> int:
-    """The launcher's world size (torchrun/srun set WORLD_SIZE); 1 for a plain call."""
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        raise GrowError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer") from None
-
-
 def _positive(name: str, value: int | float | None) -> None:
     if value is not None and value <= 0:
         raise GrowError(f"{name} must be positive, got {value}")
@@ -274,7 +266,7 @@ def resolve_config(
     """
     from grow_cli.data.info import read_data_info
 
-    world_size = world_size_from_env() if world_size is None else world_size
+    world_size = env.world_size() if world_size is None else world_size
     if cuda is None:
         cuda = _cuda_available()
     for name in ("tp", "pp", "seq_len", "global_batch", "micro_batch", "lr", "log_interval", "eval_interval",
@@ -282,8 +274,8 @@ def resolve_config(
         _positive(f"--{name.replace('_', '-')}", getattr(options, name))
     if options.min_lr is not None and options.min_lr < 0:
         raise GrowError(f"--min-lr must be >= 0, got {options.min_lr}")
-    if options.dtype is not None and options.dtype not in DTYPES:
-        raise GrowError(f"--dtype {options.dtype!r}: choose one of {', '.join(DTYPES)}")
+    if options.dtype is not None and options.dtype not in WEIGHT_DTYPES:
+        raise GrowError(f"--dtype {options.dtype!r}: choose one of {', '.join(WEIGHT_DTYPES)}")
     if options.recompute not in RECOMPUTE:
         raise GrowError(f"--recompute {options.recompute!r}: choose one of {', '.join(RECOMPUTE)}")
     from grow_cli.runtime.model import ATTENTION_BACKENDS, have_transformer_engine

@@ -181,7 +181,7 @@ class MetricsLog:
         self._file = None
         if not enabled:
             return
-        from rich.console import Console
+        from grow_cli.console import stderr_console
 
         self.path = config.out / METRICS_FILE
         truncate_records(self.path, start_iteration)
@@ -191,20 +191,13 @@ class MetricsLog:
         self._writer = SummaryWriter(
             log_dir=str(config.out / "tensorboard"), purge_step=start_iteration + 1
         )
-        self.console = Console(stderr=True)
+        self.console = stderr_console()
         self.show_lines = not config.quiet
         if not config.quiet and sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from grow_cli.console import progress_bar
 
-            self._progress = Progress(
-                TextColumn("[bold]training[/bold]"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"),
-                TextColumn("{task.fields[rate]}"),
-                TimeRemainingColumn(),
-                console=self.console,
-                transient=True,
+            self._progress = progress_bar(
+                "[bold]training[/bold]", "loss {task.fields[loss]}", "{task.fields[rate]}", remaining=True, console=self.console
             )
             self._task = self._progress.add_task("train", total=self.total, completed=start_iteration, loss="-", rate="")
             self._progress.start()
