@@ -128,6 +128,7 @@ class StagePlan:
     init_from: str | None = None  # name of the stage this one grows from (None: scratch)
     flops_per_token: float | None = None  # training FLOPs per token in the plan's convention
     predicted_loss: float | None = None  # scaling-law loss of this size trained from scratch
+    loss_outside_fit: bool = False  # the law does not predict this size/budget: predicted_loss is None
     gpu_hours: float | None = None
     memory_per_gpu_gb: float | None = None  # GiB (2^30 bytes) on the most loaded GPU
     unique_tokens: float | None = None  # --fixed-data: fresh tokens available to this stage

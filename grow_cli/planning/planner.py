@@ -69,6 +69,7 @@ def build_plan(request: PlanRequest) -> Plan:
         hardware_flops_per_token = megatron_flops_per_token(member.shape, layout.tp)
         hours_scratch.append(gpu.hours(hardware_flops_per_token * budget.tokens_scratch, request.mfu))
         memory = estimate_memory(member.shape, layout, request.micro_batch, request.global_batch)
+        predicted = law.predicts(counts.total, budget.tokens_scratch, member.shape.vocab)
         stages.append(
             StagePlan(
                 index=i + 1,
@@ -86,7 +87,8 @@ def build_plan(request: PlanRequest) -> Plan:
                 micro_batch=request.micro_batch,
                 layout=layout,
                 init_from=names[i - 1] if i else None,
-                predicted_loss=law.loss(counts.total, budget.tokens_scratch),
+                predicted_loss=law.loss(counts.total, budget.tokens_scratch) if predicted else None,
+                loss_outside_fit=not predicted,
                 gpu_hours=gpu.hours(hardware_flops_per_token * budget.tokens_incremental, request.mfu),
                 memory_per_gpu_gb=memory.total_gib,
                 unique_tokens=data_use[i].unique if data_use else None,

@@ -15,12 +15,20 @@ from rich.table import Table
 from grow_cli.planning.budget import progressive_budgets
 from grow_cli.flops import CONVENTIONS, flops_per_token
 from grow_cli.planning.hardware import GPUSpec, gpu_spec
+from grow_cli.planning.laws import get_law
 from grow_cli.planning.lr import LRLadder
 from grow_cli.planning.memory import smallest_fitting_layout
 from grow_cli.planning.planfile import Layout, Plan, StagePlan
 from grow_cli.units import format_count
 
 _FLOP_UNITS = (("Z", 1e21), ("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9))
+
+NONEMBEDDING_LABEL = "non-emb.\nparams"
+TOTAL_LABEL = "total\nparams"
+PARAMS_NOTE = (
+    "non-emb. params: without the embedding and output layers (what a stage's name states); "
+    "total params: all of them, the count published model sizes such as Llama-3-8B's quote"
+)
 
 CONVENTION_TITLES = {
     "reference": "6·N·D, N = the size name's count",
@@ -169,7 +177,9 @@ def render(plan: Plan, console: Console) -> None:
         f"Series {' → '.join(s.name for s in plan.stages)}: shapes (head dim {plan.stages[-1].shape.head_dim}, "
         f"vocab {plan.stages[-1].shape.vocab}, {'tied' if plan.stages[-1].shape.tied_embeddings else 'untied'} embeddings)"
     )
-    for column in ("stage", "grows\nfrom", "hidden", "ffn", "layers", "heads", "kv\ngroups", "params\nnon-emb", "params\ntotal"):
+    # a stage's name is its nominal size, close to the non-embedding count; published model sizes
+    # (Llama-3-8B's "8B") are totals, embeddings included: both are labelled so they are not mixed up
+    for column in ("stage", "grows\nfrom", "hidden", "ffn", "layers", "heads", "kv\ngroups", NONEMBEDDING_LABEL, TOTAL_LABEL):
         models.add_column(column, justify="left" if column in ("stage", "grows\nfrom") else "right")
     for s in plan.stages:
         shape = s.shape
@@ -185,6 +195,7 @@ def render(plan: Plan, console: Console) -> None:
             format_count(s.params_total),
         )
     console.print(models)
+    console.print(PARAMS_NOTE)
 
     budget = _table(
         f"Budget: {totals.tokens_per_param:.3g} tokens/param; FLOPs {plan.flops_convention} = "
@@ -226,12 +237,19 @@ def render(plan: Plan, console: Console) -> None:
             _lr(s.min_lr),
             f"{s.warmup_iters:,}",
             f"{s.train_iters:,}",
-            "" if s.predicted_loss is None else f"{s.predicted_loss:.3f}",
+            "-" if s.loss_outside_fit else f"{s.predicted_loss:.3f}",
             "" if s.gpu_hours is None else _amount(s.gpu_hours),
             "" if s.gpu_hours is None else _amount(s.gpu_hours / s.layout.gpus / 24),
             memory,
         )
     console.print(training)
+    outside = [s.name for s in plan.stages if s.loss_outside_fit]
+    if outside:
+        law = get_law(plan.inputs.law)
+        console.print(
+            f"loss (law) of {', '.join(outside)}: outside the fitted range of {law.name} "
+            f"(from {format_count(law.min_params)} params and {format_count(law.min_tokens)} tokens, below ln V)"
+        )
 
     lines = [
         f"FLOPs ({plan.flops_convention}): every size from scratch {flops(totals.flops_independent)} {unit}, "
