@@ -112,13 +112,13 @@ def run_dcp_floor(args) -> dict:
     from grow_cli.checkpoint.metadata import read_info
     from grow_cli.checkpoint.tensors import CheckpointReader, write_checkpoint
     from grow_cli.expansion.engine import SourceCache, read_source
-    from grow_cli.expansion.mapping import ExpandOptions, ExpansionPlan
+    from grow_cli.expansion.recipe import ExpandOptions, ExpansionRecipe
 
     _, target = _shapes(args)
     baseline = _peak_rss()
     start = time.perf_counter()
     reader = CheckpointReader(args.path)
-    plan = ExpansionPlan.for_checkpoint(reader, read_info(args.path).shape, target, ExpandOptions(width=args.width, depth=args.depth))
+    plan = ExpansionRecipe.for_checkpoint(reader, read_info(args.path).shape, target, ExpandOptions(width=args.width, depth=args.depth))
     cache = SourceCache(lambda read: read_source(reader, read))
 
     def produce(piece):
@@ -137,10 +137,11 @@ def run_stream(args) -> dict:
     import torch
 
     from grow_cli.expansion.engine import expand_checkpoint
-    from grow_cli.expansion.mapping import ExpandOptions
+    from grow_cli.expansion.recipe import ExpandOptions
+    from grow_cli.runtime.env import world_size
 
     _, target = _shapes(args)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if world_size() > 1:
         torch.distributed.init_process_group("gloo")
     baseline = _peak_rss()
     start = time.perf_counter()
@@ -161,14 +162,14 @@ def run_naive(args) -> dict:
     from grow_cli.checkpoint.metadata import COMMON_KEY, read_info
     from grow_cli.checkpoint.tensors import CheckpointReader, write_checkpoint
     from grow_cli.expansion.engine import target_info
-    from grow_cli.expansion.mapping import ExpandOptions, ExpansionPlan
+    from grow_cli.expansion.recipe import ExpandOptions, ExpansionRecipe
 
     _, target = _shapes(args)
     baseline = _peak_rss()
     start = time.perf_counter()
     reader, info = CheckpointReader(args.path), read_info(args.path)
     source = {key: reader.read(key) for key in reader.tensor_keys()}
-    plan = ExpansionPlan.for_checkpoint(reader, info.shape, target, ExpandOptions(width=args.width, depth=args.depth))
+    plan = ExpansionRecipe.for_checkpoint(reader, info.shape, target, ExpandOptions(width=args.width, depth=args.depth))
 
     def fetch(read):
         return source[read.key] if read.layer is None else source[read.key][read.layer]

@@ -10,7 +10,7 @@ kernel is measured in the same process, one after the other:
 * CPU: a tiny shape (h=64, 2 layers, GPT-2 vocabulary) at sequence 256 in fp32, so regressions in
   the step show up on any machine.
 
-Model FLOPs follow Megatron-LM's per-token formula (`grow_cli.planning.flops`); MFU divides by the
+Model FLOPs follow Megatron-LM's per-token formula (`grow_cli.flops`); MFU divides by the
 device's peak dense bf16 FLOP/s (`grow_cli.planning.hardware`; none on CPU). Results are printed as
 a markdown table and appended as a section to docs/benchmarks.md. Runs alone or under torchrun:
 

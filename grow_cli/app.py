@@ -72,9 +72,9 @@ def _quiet_library_warnings() -> None:
 
 
 def _rank() -> int:
-    import os
+    from grow_cli.runtime.env import rank
 
-    return int(os.environ.get("RANK", "0"))
+    return rank()
 
 
 if __name__ == "__main__":

@@ -140,15 +140,6 @@ class ModelShape:
         return replace(self, **changes)
 
 
-def gqa_groups_needed(source: ModelShape, heads: int, kv_groups: int) -> int:
-    """KV groups an exact growth of `source` into `heads` query heads in `kv_groups` groups needs.
-
-    Each copied query head must sit in a copy of its source KV group, so every source group of
-    r = H/G heads fills ceil(r / r') target groups of r' = H'/G': G·ceil(r / r').
-    """
-    return source.kv_groups * math.ceil((source.heads // source.kv_groups) / (heads // kv_groups))
-
-
 # The reference series (spec §1): multi-head attention, head dim 128, GPT-2 vocabulary.
 PRESETS: dict[str, ModelShape] = {
     "1B": ModelShape(hidden=2048, ffn=7168, layers=18, heads=16, kv_groups=16, head_dim=128),

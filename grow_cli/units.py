@@ -1,4 +1,5 @@
-"""Parsing and printing of human quantities: "8B" parameters, "2x" Chinchilla, "320B" tokens."""
+"""Parsing and printing of human quantities: "8B" parameters, "2x" Chinchilla, "320B" tokens,
+"1.5 GiB" of checkpoint."""
 
 from __future__ import annotations
 
@@ -42,6 +43,17 @@ def format_count(value: float, digits: int = 3) -> str:
         if abs(value) >= scale:
             return f"{value / scale:.{digits}g}{suffix}"
     return f"{value:.{digits}g}"
+
+
+GIB = 2**30
+
+
+def format_bytes(nbytes: float) -> str:
+    """Binary units, as memory and `du -h` report them: 1.5 * 2**30 -> '1.5 GiB', 300 -> '300 B'."""
+    for unit, scale in (("TiB", 2**40), ("GiB", GIB), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.3g} {unit}"
+    return f"{nbytes:.0f} B"
 
 
 def size_name(value: float) -> str:

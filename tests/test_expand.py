@@ -17,8 +17,9 @@ from grow_cli.checkpoint.tensors import CheckpointReader
 from grow_cli.errors import GrowError
 from grow_cli.expansion.depth import depth_map
 from grow_cli.expansion.engine import expand_checkpoint
-from grow_cli.expansion.gqa import check_gqa, head_maps, is_feasible
+from grow_cli.expansion.gqa import head_maps
 from grow_cli.expansion.recipe import ExpandOptions, ExpansionRecipe
+from grow_cli.growth_rules import check_growth, gqa_growable
 from grow_cli.expansion.maps import generator_for, grow_map
 from grow_cli.shape import ModelShape
 
@@ -100,10 +101,10 @@ def test_depth_maps():
 
 def test_gqa_feasibility_rule_and_alternative():
     src = ModelShape(hidden=3200, ffn=11200, layers=27, heads=25, kv_groups=5, head_dim=128)
-    assert not is_feasible(src, src.with_(heads=32, kv_groups=8))  # needs 10 groups
-    assert is_feasible(src, src.with_(heads=32, kv_groups=16))
+    assert not gqa_growable(src, heads=32, kv_groups=8)  # needs 10 groups
+    assert gqa_growable(src, heads=32, kv_groups=16)
     with pytest.raises(GrowError, match=r"10 KV groups.*--kv-groups 16 \(32 heads\) or --heads 40"):
-        check_gqa(src, src.with_(heads=32, kv_groups=8))
+        check_growth(src, src.with_(heads=32, kv_groups=8))
     # every target head sits in a KV group copied from its source head's group
     for s, t in [((4, 2), (6, 3)), ((8, 2), (12, 6)), ((4, 4), (8, 4)), ((6, 2), (10, 5)), ((16, 16), (20, 20))]:
         source = ModelShape(hidden=64, ffn=64, layers=1, heads=s[0], kv_groups=s[1], head_dim=8)

@@ -8,11 +8,13 @@ import pytest
 
 from grow_cli.errors import GrowError
 from grow_cli.planning.budget import fixed_corpus_use, progressive_budgets
-from grow_cli.planning.flops import CONVENTIONS
+from grow_cli.flops import CONVENTIONS
 from grow_cli.planning.lr import LRLadder, ScheduleRule
+from grow_cli.growth_rules import growth_problems
 from grow_cli.layout import Layout
-from grow_cli.planning.planner import PlanRequest, build_plan
-from grow_cli.planning.series import growth_problems, series_sizes, tokens_per_param
+from grow_cli.planning.planfile import Plan, PlanRequest, PlanTotals, load_plan, save_plan
+from grow_cli.planning.planner import build_plan
+from grow_cli.planning.series import series_sizes, tokens_per_param
 from grow_cli.shape import PRESETS, ModelShape, nearest_shape_for_tp
 
 REFERENCE = PlanRequest(sizes=("1B", "2B", "4B", "8B"), tokens_per_param=40.0)
@@ -28,19 +30,19 @@ def test_reference_plan_reproduces_spec_section_1():
     assert [s.lr for s in plan.stages] == [1.5e-3, 1.1e-3, 7e-4, 3e-4]
     assert [s.init_from for s in plan.stages] == [None, "1B", "2B", "4B"]
     totals = plan.totals
-    assert totals["flops_independent"] == pytest.approx(20.4e21, rel=1e-12)
-    assert totals["flops_progressive"] == pytest.approx(15.36e21, rel=1e-12)
-    assert totals["saving_fraction"] == pytest.approx(1 - 15.36 / 20.4, rel=1e-12)  # "about 25%"
-    assert totals["tokens_progressive"] == pytest.approx(460e9, rel=1e-12)
-    assert totals["tokens_largest_scratch"] == pytest.approx(320e9, rel=1e-12)
+    assert totals.flops_independent == pytest.approx(20.4e21, rel=1e-12)
+    assert totals.flops_progressive == pytest.approx(15.36e21, rel=1e-12)
+    assert totals.saving_fraction == pytest.approx(1 - 15.36 / 20.4, rel=1e-12)  # "about 25%"
+    assert totals.tokens_progressive == pytest.approx(460e9, rel=1e-12)
+    assert totals.tokens_largest_scratch == pytest.approx(320e9, rel=1e-12)
 
 
 def test_reference_fixed_data_repeats_only_in_the_last_stage():
     plan = build_plan(PlanRequest(sizes=REFERENCE.sizes, tokens_per_param=40.0, fixed_data=True))
     assert [s.unique_tokens for s in plan.stages] == pytest.approx([40e9, 60e9, 120e9, 100e9], rel=1e-12)
     assert [s.repeated_tokens for s in plan.stages] == pytest.approx([0, 0, 0, 140e9], abs=1e-3)
-    assert plan.totals["corpus_tokens"] == pytest.approx(320e9)
-    assert plan.totals["repeated_tokens"] == pytest.approx(460e9 - 320e9)
+    assert plan.totals.corpus_tokens == pytest.approx(320e9)
+    assert plan.totals.repeated_tokens == pytest.approx(460e9 - 320e9)
 
 
 SERIES = [
@@ -65,8 +67,8 @@ def test_series_costs_exactly_the_largest_models_scratch_flops(convention, sizes
         assert stage.flops_cumulative == pytest.approx(stage.flops_scratch, rel=1e-12)
         assert stage.tokens_incremental > 0
     assert sum(s.flops_incremental for s in stages) == pytest.approx(stages[-1].flops_scratch, rel=1e-12)
-    assert plan.totals["flops_progressive"] == pytest.approx(stages[-1].flops_scratch, rel=1e-12)
-    assert plan.totals["flops_independent"] == pytest.approx(sum(s.flops_scratch for s in stages), rel=1e-12)
+    assert plan.totals.flops_progressive == pytest.approx(stages[-1].flops_scratch, rel=1e-12)
+    assert plan.totals.flops_independent == pytest.approx(sum(s.flops_scratch for s in stages), rel=1e-12)
 
 
 def test_reference_convention_closed_form():
@@ -183,3 +185,14 @@ def test_plan_layout_is_checked_and_auto_shapes_fit_it():
         assert abs(stage.params_nonembedding / stage.nominal_params - 1) < 0.1  # the 1B preset is 1.09B
     for source, target in zip(plan.stages, plan.stages[1:]):
         assert growth_problems(source.shape, target.shape) == []
+
+
+def test_plan_inputs_and_totals_are_typed_and_round_trip(tmp_path):
+    request = PlanRequest(sizes=REFERENCE.sizes, tokens_per_param=40.0, layout=Layout(tp=1, pp=1, dp=8), fixed_data=True)
+    plan = build_plan(request)
+    assert plan.inputs == request and isinstance(plan.totals, PlanTotals)
+    save_plan(plan, tmp_path / "plan.yaml")
+    again = load_plan(tmp_path / "plan.yaml")
+    assert again.inputs == request and again.totals == plan.totals and again.stages == plan.stages
+    with pytest.raises(GrowError, match="incomplete grow plan file"):
+        Plan.from_dict({k: v for k, v in plan.to_dict().items() if k != "totals"})

@@ -151,3 +151,25 @@ def test_help_and_plan_do_not_import_torch_or_megatron():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_parameter_columns_are_labelled_and_an_out_of_range_loss_is_not_printed():
+    """A 2M model on 40M tokens is far below the law's fit (70M params, 5B tokens): no prediction."""
+    from grow_cli.planning.laws import get_law
+
+    proc = run_grow(["plan", "--sizes", "2M,8B", "--tokens-per-param", "20", "--seq-len", "128", "--global-batch", "8"])
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    assert "non-emb. params" in text and "total params" in text and "Llama-3-8B" in text
+    assert "outside the" in text and "fitted range" in text
+    data = _json(["plan", "--sizes", "2M,8B", "--tokens-per-param", "20", "--seq-len", "128", "--global-batch", "8"])
+    tiny, large = data["stages"]
+    law = get_law("besiroglu2024")
+    # closed form, independently: E + A/N^alpha + B/D^beta with the refit's constants
+    raw = 1.8172 + 482.01 / tiny["params_total"] ** 0.3478 + 2085.43 / tiny["tokens_scratch"] ** 0.3658
+    assert law.loss(tiny["params_total"], tiny["tokens_scratch"]) == pytest.approx(raw)
+    assert not law.predicts(tiny["params_total"], tiny["tokens_scratch"], 50257)
+    assert not law.predicts(1e9, 1e11, vocab=2)  # any loss is above ln 2: not a prediction
+    assert tiny["predicted_loss"] is None and tiny["loss_outside_fit"] is True
+    expected = 1.8172 + 482.01 / large["params_total"] ** 0.3478 + 2085.43 / large["tokens_scratch"] ** 0.3658
+    assert large["loss_outside_fit"] is False and large["predicted_loss"] == pytest.approx(expected, rel=1e-12)

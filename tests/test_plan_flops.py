@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from grow_cli.errors import GrowError
-from grow_cli.planning.flops import CONVENTIONS, check_convention, flops_per_token
+from grow_cli.flops import CONVENTIONS, check_convention, flops_per_token
 from grow_cli.shape import PRESETS, ModelShape
 
 SHAPES = {

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from grow_cli.errors import GrowError
-from grow_cli.planning.hardware import GIB, gpu_spec
+from grow_cli.planning.hardware import gpu_spec
+from grow_cli.units import GIB
 from grow_cli.planning.memory import check_batch, estimate_memory, params_per_gpu, smallest_fitting_layout
 from grow_cli.layout import Layout
 from grow_cli.shape import PRESETS, ModelShape

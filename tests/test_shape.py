@@ -116,7 +116,7 @@ def test_resolve_shape_prefers_presets_unless_told():
 
 
 def test_gqa_groups_needed_for_growth():
-    from grow_cli.shape import gqa_groups_needed
+    from grow_cli.growth_rules import gqa_groups_needed
 
     source = ModelShape(hidden=3200, ffn=11200, layers=27, heads=25, kv_groups=5, head_dim=128)
     assert gqa_groups_needed(source, heads=32, kv_groups=8) == 10  # growth-math: infeasible

@@ -92,18 +92,9 @@ def prepare(
     )
     job = prepare_job(config)
 
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from grow_cli.console import progress_bar
 
-    progress = Progress(
-        TextColumn("tokenizing"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("docs  {task.fields[tokens]:,} tokens  {task.fields[rate]:,.0f} tok/s"),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
+    progress = progress_bar("tokenizing", "docs  {task.fields[tokens]:,} tokens  {task.fields[rate]:,.0f} tok/s")
     with progress:
         task = progress.add_task("prepare", total=job.expected_documents, tokens=0, rate=0.0)
 

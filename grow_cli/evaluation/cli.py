@@ -99,9 +99,9 @@ def eval_command(
             bootstrap_iters=bootstrap_iters,
         ),
     )
-    from rich.console import Console
+    from grow_cli.console import stderr_console
 
-    stderr = Console(stderr=True)
+    stderr = stderr_console()
     progress_bar, factory = _progress(stderr)
     with progress_bar:
         reports = run_eval(request, factory)
@@ -120,18 +120,10 @@ def _quiet_environment() -> None:
 
 def _progress(console):
     """A rich progress display on stderr and the factory the evaluation uses to add bars."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from grow_cli.console import progress_bar
+    from grow_cli.runtime.env import is_main
 
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=int(os.environ.get("RANK", "0")) != 0,
-    )
+    bar = progress_bar("{task.description}", remaining=True, console=console, disable=not is_main())
 
     def factory(label: str, total: int):
         task = bar.add_task(label, total=total)

@@ -11,6 +11,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from grow_cli.dtypes import torch_dtype
 from grow_cli.errors import GrowError
 from grow_cli.evaluation.runner import ModelReport, Progress, RunSettings
 
@@ -51,11 +52,9 @@ def check_request(request: EvalRequest) -> None:
 
 
 def _torch_dtype(name: str):
-    import torch
-
     from grow_cli.runtime.device import device_policy
 
-    return {"fp32": torch.float32, "bf16": torch.bfloat16}[device_policy().dtype if name == "auto" else name]
+    return torch_dtype(device_policy().dtype if name == "auto" else name)
 
 
 def _load_text(request: EvalRequest, infos: list):

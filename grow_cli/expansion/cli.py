@@ -7,7 +7,6 @@ engine when it runs.
 from __future__ import annotations
 
 import json
-import os
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -15,6 +14,8 @@ from typing import Optional
 import typer
 
 from grow_cli.errors import GrowError
+from grow_cli.runtime import env
+from grow_cli.units import format_bytes
 
 
 class Width(str, Enum):
@@ -26,10 +27,6 @@ class Width(str, Enum):
 class Depth(str, Enum):
     stack = "stack"
     identity = "identity"
-
-
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def expand_command(
@@ -96,7 +93,7 @@ def _dry_run(source: Path, out: Optional[Path], request, options, force: bool, a
         check_paths(reader.path, out, force)
     plan = ExpansionRecipe.for_checkpoint(reader, info.shape, target, options)
     bytes_read = 0
-    for read in planned_reads(plan, int(os.environ.get("WORLD_SIZE", "1"))):
+    for read in planned_reads(plan, env.world_size()):
         shape = reader.shape(read.key)
         if read.layer is None:
             bytes_read += reader.stored_bytes(read.key)
@@ -104,7 +101,7 @@ def _dry_run(source: Path, out: Optional[Path], request, options, force: bool, a
             bytes_read += reader.stored_bytes(read.key, (read.layer,) + (0,) * (len(shape) - 1), (1, *shape[1:]))
     bytes_written = plan.bytes_written()
     mappings = plan.mappings()
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: one report
+    if not env.is_main():  # under torchrun: one report
         return
     if as_json:
         typer.echo(json.dumps({
@@ -131,7 +128,7 @@ def _dry_run(source: Path, out: Optional[Path], request, options, force: bool, a
     console = Console()
     console.print(table)
     console.print(
-        f"would read {_gib(bytes_read)} from {source} (re-reads included) and write {_gib(bytes_written)}"
+        f"would read {format_bytes(bytes_read)} from {source} (re-reads included) and write {format_bytes(bytes_written)}"
         + (f" to {out}" if out else "") + f"; exact: {'yes' if options.exact else 'no'}; nothing written"
     )
 
@@ -142,7 +139,7 @@ def _run(source, out, target, label, plan_path, options, force, verify, data, as
     from grow_cli.expansion.engine import expand_checkpoint
     from grow_cli.runtime.distributed import init_distributed, shutdown
 
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    distributed = env.world_size() > 1
     if distributed or verify:
         init_distributed()
     is_main = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
@@ -162,15 +159,11 @@ def _run(source, out, target, label, plan_path, options, force, verify, data, as
 
 
 def _expand_with_progress(expand_checkpoint, source, out, target, label, plan_path, options, force, show: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from grow_cli.console import progress_bar
 
     if not show:
         return expand_checkpoint(source, out, target, options, stage=label, plan=plan_path, force=force)
-    with Progress(
-        TextColumn("[bold]expand[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=Console(stderr=True), transient=True,
-    ) as progress:
+    with progress_bar("[bold]expand[/] {task.description}") as progress:
         task = progress.add_task("", total=None)
 
         def on_piece(piece, done: int, total: int) -> None:
@@ -216,7 +209,7 @@ def _report(result, check, as_json: bool) -> None:
     table.add_row("method", f"width {result.options.width}, depth {result.options.depth}, seed {result.options.seed}"
                   + (f", noise {result.options.noise:g}" if result.options.noise else "")
                   + (" (exactly function-preserving)" if result.options.exact else ""))
-    table.add_row("I/O", f"read {_gib(result.bytes_read)}, wrote {_gib(result.bytes_written)} in {result.pieces} pieces "
+    table.add_row("I/O", f"read {format_bytes(result.bytes_read)}, wrote {format_bytes(result.bytes_written)} in {result.pieces} pieces "
                   f"on {result.ranks} rank(s), {result.seconds:.1f} s")
     table.add_row("lineage", f"iteration 0, stage {result.target.stage}, id {result.target.checkpoint_id[:12]}")
     if check is not None:

@@ -27,7 +27,7 @@ from grow_cli.checkpoint.checks import check_not_input
 from grow_cli.checkpoint.metadata import COMMON_KEY, CheckpointInfo, ExpandDetails, LineageStep, read_info
 from grow_cli.checkpoint.tensors import CheckpointReader, Piece, write_checkpoint
 from grow_cli.expansion.recipe import ExpandOptions, ExpansionRecipe, SourceRead
-from grow_cli.expansion.target import check_growth
+from grow_cli.growth_rules import check_growth
 from grow_cli.shape import ModelShape
 
 OPTIMIZER_POLICY = (

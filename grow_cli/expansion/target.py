@@ -10,11 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from grow_cli.errors import GrowError
-from grow_cli.expansion.gqa import check_gqa
+from grow_cli.growth_rules import GROWN_FIELDS, check_growth
 from grow_cli.shape import PRESETS, ModelShape, auto_shape, resolve_shape
 from grow_cli.units import parse_count, size_name
-
-GROWN_FIELDS = ("hidden", "ffn", "layers", "heads", "kv_groups")
 
 
 @dataclass(frozen=True)
@@ -99,20 +97,3 @@ def resolve_target(source: ModelShape, request: TargetRequest, source_stage: str
     )
     check_growth(source, target)
     return target, label
-
-
-def check_growth(source: ModelShape, target: ModelShape) -> None:
-    """GrowError unless `target` is `source` grown (>= in every size, not identical, same head dim)."""
-    if target.head_dim != source.head_dim:
-        raise GrowError(
-            f"the target's head dim {target.head_dim} differs from the source's {source.head_dim}: heads grow "
-            f"as whole heads, so pick a target with head_dim {source.head_dim} (e.g. explicit --heads)"
-        )
-    if target.vocab != source.vocab:
-        raise GrowError(f"the target's vocab {target.vocab} differs from the source's {source.vocab}: expansion keeps the vocabulary")
-    smaller = [f"{n} {getattr(source, n)}->{getattr(target, n)}" for n in GROWN_FIELDS if getattr(target, n) < getattr(source, n)]
-    if smaller:
-        raise GrowError(f"the target is smaller than the source ({', '.join(smaller)}); expansion only grows every dimension")
-    if all(getattr(target, n) == getattr(source, n) for n in GROWN_FIELDS):
-        raise GrowError(f"the target has the source's shape ({source.describe()}); nothing to expand")
-    check_gqa(source, target)

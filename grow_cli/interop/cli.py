@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from grow_cli.units import format_bytes
+
 EXPORT_HELP = (
     "Export a grow checkpoint as a Hugging Face Llama directory.\n\n"
     "Writes config.json, generation_config.json, safetensors weights (sharded, with "
@@ -29,33 +31,10 @@ IMPORT_HELP = (
 
 
 def _progress(label: str):
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TransferSpeedColumn,
-    )
+    """Bytes written so far, with the tensor being written."""
+    from grow_cli.console import progress_bar
 
-    return Progress(
-        TextColumn(label),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TextColumn("{task.fields[item]}"),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-
-
-def _size(nbytes: int) -> str:
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.3g} {unit}"
-    return f"{nbytes} B"
+    return progress_bar(label, "{task.fields[item]}", counter="bytes")
 
 
 def export_command(
@@ -101,8 +80,8 @@ def export_command(
     table = Table(title=f"exported {result.checkpoint} -> {result.out}", show_header=False)
     table.add_row("shape", result.shape.describe())
     table.add_row("vocab", f"{result.shape.vocab:,} ({'tied' if result.shape.tied_embeddings else 'untied'} embeddings)")
-    table.add_row("weights", f"{result.tensors} tensors, {_size(result.bytes_written)} {result.dtype} in {result.shards} file(s)")
-    table.add_row("read", _size(result.bytes_read))
+    table.add_row("weights", f"{result.tensors} tensors, {format_bytes(result.bytes_written)} {result.dtype} in {result.shards} file(s)")
+    table.add_row("read", format_bytes(result.bytes_read))
     table.add_row("tokenizer", result.tokenizer or "none (weights only)")
     table.add_row("files", ", ".join(result.files))
     table.add_row("time", f"{result.seconds:.1f} s")
@@ -145,7 +124,7 @@ def import_command(
     table.add_row("shape", shape.describe())
     table.add_row("vocab", f"{shape.vocab:,} (stored as {result.vocab_rows:,} rows, zero padded)")
     table.add_row("precision", f"{result.dtype} (source {result.source_dtype})")
-    table.add_row("written", f"{_size(result.bytes_written)} in {result.pieces} pieces")
+    table.add_row("written", f"{format_bytes(result.bytes_written)} in {result.pieces} pieces")
     table.add_row("lineage", " -> ".join(step.op for step in result.info.lineage))
     tokenizer = result.info.tokenizer
     table.add_row("tokenizer", f"{tokenizer.describe()}, files in tokenizer/" if tokenizer else "none recorded")

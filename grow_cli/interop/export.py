@@ -27,13 +27,14 @@ from grow_cli.checkpoint.atomic import atomic_directory, check_output
 from grow_cli.checkpoint.checks import check_model_tensors, check_not_input
 from grow_cli.checkpoint.metadata import CheckpointInfo, read_info
 from grow_cli.checkpoint.tensors import CheckpointReader
+from grow_cli.dtypes import WEIGHT_DTYPES
+from grow_cli.dtypes import torch_dtype as to_torch
 from grow_cli.errors import GrowError
 from grow_cli.interop.hf_config import SpecialTokens, generation_config, llama_config
 from grow_cli.interop.mapping import hf_tensors, megatron_to_hf
 from grow_cli.interop.safetensors_io import plan_shards, write_shards
 from grow_cli.shape import ModelShape
 
-EXPORT_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 GROW_RECORD = "grow.json"
 AUTO_TOKENIZER = "auto"  # the tokenizer the checkpoint was trained with
 DEFAULT_SHARD_SIZE = 5 * 10**9
@@ -118,8 +119,8 @@ def export_checkpoint(
     each tensor is converted (for progress bars). Nothing is written when a check fails.
     """
     start = time.monotonic()
-    if dtype not in EXPORT_DTYPES:
-        raise GrowError(f"unknown export dtype {dtype!r}; choose one of {', '.join(EXPORT_DTYPES)}")
+    if dtype not in WEIGHT_DTYPES:
+        raise GrowError(f"unknown export dtype {dtype!r}; choose one of {', '.join(WEIGHT_DTYPES)}")
     checkpoint, out = Path(checkpoint), Path(out)
     check_not_input(out, checkpoint)
     reader = CheckpointReader(checkpoint)
@@ -129,7 +130,7 @@ def export_checkpoint(
     tok = _load_tokenizer(tokenizer, checkpoint, info)
     check_output(out, force, "export directory")
 
-    torch_dtype = EXPORT_DTYPES[dtype]
+    torch_dtype = to_torch(dtype)
     itemsize = torch_dtype.itemsize
     tensors = hf_tensors(shape)
     shards = plan_shards([(t.name, itemsize * math.prod(t.shape)) for t in tensors], shard_size)

@@ -19,12 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from grow_cli.dtypes import LONG_NAMES, from_long_name
 from grow_cli.errors import GrowError
 from grow_cli.shape import ModelShape
 
 ARCHITECTURE = "LlamaForCausalLM"
 MODEL_TYPE = "llama"
-DTYPE_NAMES = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
 # LlamaConfig's defaults, used when an imported config.json leaves a field out.
 _HF_DEFAULT_EPS = 1e-6
 _HF_DEFAULT_THETA = 10000.0
@@ -41,7 +41,7 @@ class SpecialTokens:
 
 def llama_config(shape: ModelShape, dtype: str, tokens: SpecialTokens) -> dict[str, Any]:
     """The config.json of `shape` stored in `dtype` ("bf16" / "fp32")."""
-    dtype_name = DTYPE_NAMES[dtype]
+    dtype_name = LONG_NAMES[dtype]
     return {
         "architectures": [ARCHITECTURE],
         "model_type": MODEL_TYPE,
@@ -140,8 +140,4 @@ def shape_from_llama_config(config: dict, where: str) -> ModelShape:
 
 def config_dtype(config: dict) -> str | None:
     """The dtype config.json declares, as grow's short name ("bf16", "fp32", "fp16"), if any."""
-    name = config.get("dtype") or config.get("torch_dtype")
-    for short, long in DTYPE_NAMES.items():
-        if name == long:
-            return short
-    return None
+    return from_long_name(config.get("dtype") or config.get("torch_dtype"))

@@ -35,6 +35,8 @@ from grow_cli.checkpoint.checks import check_not_input
 from grow_cli.checkpoint.metadata import COMMON_KEY, CheckpointInfo, ImportDetails, LineageStep
 from grow_cli.checkpoint.tensors import Piece, tile, write_checkpoint
 from grow_cli.data.tokenizer_record import CHECKPOINT_TOKENIZER_DIR
+from grow_cli.dtypes import WEIGHT_DTYPES, short_name
+from grow_cli.dtypes import torch_dtype as to_torch
 from grow_cli.errors import GrowError
 from grow_cli.interop.export import GROW_RECORD
 from grow_cli.interop.hf_config import config_dtype, shape_from_llama_config
@@ -42,8 +44,6 @@ from grow_cli.interop.mapping import GLOBAL_MAP, HF_OUTPUT, VOCAB_KEYS, hf_tenso
 from grow_cli.interop.safetensors_io import SafetensorsDir
 from grow_cli.shape import ModelShape
 
-IMPORT_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-_STORED_NAMES = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}
 DEFAULT_BLOCK_BYTES = 256 * 2**20
 # Tensors some Llama checkpoints carry that hold no weights (old transformers saved RoPE buffers).
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -182,15 +182,15 @@ def import_llama(
     check_not_input(out, source)
     config = read_config(source)
     shape = shape_from_llama_config(config, f"{source}/config.json")
-    if dtype is not None and dtype not in IMPORT_DTYPES:
-        raise GrowError(f"unknown import dtype {dtype!r}; choose one of {', '.join(IMPORT_DTYPES)}")
+    if dtype is not None and dtype not in WEIGHT_DTYPES:
+        raise GrowError(f"unknown import dtype {dtype!r}; choose one of {', '.join(WEIGHT_DTYPES)}")
     check_output(out, force, "checkpoint")
     with SafetensorsDir(source) as weights:
         _check_weights(weights, shape)
         stored = weights.dtype(GLOBAL_MAP[layout.EMBEDDING])
-        source_dtype = _STORED_NAMES.get(stored) or config_dtype(config) or "fp32"
+        source_dtype = short_name(stored) or config_dtype(config) or "fp32"
         target = dtype or ("fp32" if source_dtype == "fp16" else source_dtype)
-        torch_dtype = IMPORT_DTYPES[target]
+        torch_dtype = to_torch(target)
         vocab_rows = shape.padded_vocab(1)
         # per layer and in row blocks of at most `block_bytes` (the vocabulary tensors, big layers)
         pieces = [p for spec in layout.tensor_specs(shape, vocab_rows) for p in tile(spec, torch_dtype, block_bytes)]

@@ -111,7 +111,8 @@ def plan_command(
     from grow_cli.checkpoint.atomic import check_output
     from grow_cli.planning.lr import ScheduleRule
     from grow_cli.planning.planfile import load_plan, save_plan
-    from grow_cli.planning.planner import PlanRequest, build_plan
+    from grow_cli.planning.planfile import PlanRequest
+    from grow_cli.planning.planner import build_plan
     from grow_cli.planning.report import plan_json, render
     from grow_cli.planning.series import series_sizes, tokens_per_param
     from grow_cli.units import parse_count

@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from grow_cli.errors import GrowError
-
-GIB = 2**30
 RESERVED_GIB = 4.0  # CUDA context, communication buffers, allocator slack
 
 

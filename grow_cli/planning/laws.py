@@ -27,10 +27,20 @@ class ScalingLaw:
     alpha: float
     beta: float
     source: str
+    # the smallest models and budgets of the fit: Hoffmann et al. trained 70M-16B parameters on
+    # 5B-500B tokens (the refit reuses their runs). Extrapolating up is what the law is used for;
+    # below the fit the A/N^α term blows up (2M params, V=1000, 40M tokens: 8.13 nats > ln V).
+    min_params: float = 7e7
+    min_tokens: float = 5e9
 
     def loss(self, params: float, tokens: float) -> float:
         """Predicted final training loss of `params` parameters trained on `tokens` tokens."""
         return self.E + self.A / params**self.alpha + self.B / tokens**self.beta
+
+    def predicts(self, params: float, tokens: float, vocab: int) -> bool:
+        """Whether the law's loss for this run means anything: inside the fit's lower bounds and
+        below ln(vocab), the loss of a uniform guess, which no trained model exceeds."""
+        return params >= self.min_params and tokens >= self.min_tokens and self.loss(params, tokens) < math.log(vocab)
 
     def compute_optimal(self, compute: float) -> tuple[float, float]:
         """(N_opt, D_opt) minimising the loss at `compute` = 6·N·D FLOPs (closed form).

@@ -18,9 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from grow_cli.errors import GrowError
-from grow_cli.planning.hardware import GIB
 from grow_cli.layout import Layout
 from grow_cli.shape import ModelShape
+from grow_cli.units import GIB
 
 ACTIVATION_BYTES_PER_LAYER = 34  # x s·b·h/t: TP + sequence parallel + selective recompute
 

@@ -14,9 +14,75 @@ from pathlib import Path
 
 from grow_cli.errors import GrowError
 from grow_cli.layout import Layout
-from grow_cli.shape import ModelShape
+from grow_cli.planning.lr import ScheduleRule
+from grow_cli.shape import DEFAULT_SEQ_LEN, GPT2_VOCAB, ModelShape
 
 SCHEMA_VERSION = 1
+
+
+def _known_fields(cls, data: dict) -> dict:
+    """The entries of `data` that are fields of `cls`: a file written by a later grow of the same
+    schema (with extra, informational fields) still loads."""
+    known = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in known}
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """Everything `grow plan` decides from; stored in the plan file as its `inputs`."""
+
+    sizes: tuple[str, ...]  # canonical names, smallest first
+    tokens_per_param: float  # scratch tokens per nominal parameter, every stage
+    seq_len: int = DEFAULT_SEQ_LEN
+    vocab: int = GPT2_VOCAB
+    tied: bool = False
+    auto_shapes: bool = False
+    layout: Layout = field(default_factory=Layout)
+    gpu: str = "h100"
+    mfu: float = 0.4
+    global_batch: int = 512  # sequences per optimizer step
+    micro_batch: int = 1
+    law: str = "besiroglu2024"
+    lr_ladder: str = "reference"
+    schedule: ScheduleRule = field(default_factory=ScheduleRule)
+    fixed_data: bool = False
+    flops_convention: str = "reference"
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["sizes"] = list(self.sizes)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PlanRequest":
+        data = _known_fields(cls, data)
+        data["sizes"] = tuple(data["sizes"])
+        data["layout"] = Layout(**data.get("layout", {}))
+        data["schedule"] = ScheduleRule(**data.get("schedule", {}))
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class PlanTotals:
+    """Series-level numbers (FLOPs in the plan's convention); stored as the plan's `totals`."""
+
+    flops_independent: float  # every size trained from scratch
+    flops_progressive: float  # the grown series (= the largest size's scratch FLOPs)
+    saving_fraction: float  # 1 - progressive / independent
+    tokens_progressive: float  # tokens the grown series trains on, all stages
+    tokens_largest_scratch: float  # tokens of the largest model alone
+    tokens_independent: float
+    gpu_hours_progressive: float  # Megatron-convention FLOPs at the planned MFU
+    gpu_hours_independent: float
+    tokens_per_param: float
+    corpus_tokens: float | None  # --fixed-data: unique tokens available to the whole series
+    repeated_tokens: float | None  # --fixed-data: tokens read a second (or later) time
+    law_optimal_params: float  # compute-optimal size for the largest model's 6·N_total·D compute
+    law_optimal_tokens: float
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PlanTotals":
+        return cls(**_known_fields(cls, data))
 
 
 @dataclass(frozen=True)
@@ -50,6 +116,7 @@ class StagePlan:
     init_from: str | None = None  # name of the stage this one grows from (None: scratch)
     flops_per_token: float | None = None  # training FLOPs per token in the plan's convention
     predicted_loss: float | None = None  # scaling-law loss of this size trained from scratch
+    loss_outside_fit: bool = False  # the law does not predict this size/budget: predicted_loss is None
     gpu_hours: float | None = None
     memory_per_gpu_gb: float | None = None  # GiB (2^30 bytes) on the most loaded GPU
     unique_tokens: float | None = None  # --fixed-data: fresh tokens available to this stage
@@ -66,9 +133,7 @@ class StagePlan:
 
     @classmethod
     def from_dict(cls, data: dict) -> "StagePlan":
-        data = dict(data)
-        known = {f.name for f in fields(cls)}
-        data = {k: v for k, v in data.items() if k in known}
+        data = _known_fields(cls, data)
         data["shape"] = ModelShape.from_dict(data["shape"])
         data["layout"] = Layout(**data.get("layout", {}))
         return cls(**data)
@@ -79,8 +144,8 @@ class Plan:
     """A whole series: its stages, the inputs that produced it and the totals."""
 
     stages: list[StagePlan]
-    inputs: dict = field(default_factory=dict)  # the options `grow plan` was given
-    totals: dict = field(default_factory=dict)
+    inputs: PlanRequest  # the options `grow plan` was given
+    totals: PlanTotals
     flops_convention: str = "reference"
     schema_version: int = SCHEMA_VERSION
 
@@ -100,9 +165,9 @@ class Plan:
         return {
             "schema_version": self.schema_version,
             "flops_convention": self.flops_convention,
-            "inputs": self.inputs,
+            "inputs": self.inputs.to_dict(),
             "stages": [s.to_dict() for s in self.stages],
-            "totals": self.totals,
+            "totals": asdict(self.totals),
         }
 
     @classmethod
@@ -115,13 +180,16 @@ class Plan:
                 f"{source} has plan schema {version}, newer than this grow understands ({SCHEMA_VERSION}); "
                 "upgrade grow or re-run `grow plan`"
             )
-        return cls(
-            stages=[StagePlan.from_dict(s) for s in data.get("stages", [])],
-            inputs=data.get("inputs", {}),
-            totals=data.get("totals", {}),
-            flops_convention=data.get("flops_convention", "reference"),
-            schema_version=version,
-        )
+        try:
+            return cls(
+                stages=[StagePlan.from_dict(s) for s in data["stages"]],
+                inputs=PlanRequest.from_dict(data["inputs"]),
+                totals=PlanTotals.from_dict(data["totals"]),
+                flops_convention=data.get("flops_convention", "reference"),
+                schema_version=version,
+            )
+        except (KeyError, TypeError) as error:
+            raise GrowError(f"{source} is an incomplete grow plan file (missing {error}); re-create it with `grow plan --out`") from None
 
 
 def iterations_for(tokens: float, global_batch: int, seq_len: int) -> int:

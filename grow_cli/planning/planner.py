@@ -7,88 +7,41 @@ other commands read.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 from grow_cli.errors import GrowError
 from grow_cli.planning.budget import fixed_corpus_use, progressive_budgets
-from grow_cli.planning.flops import check_convention, flops_per_token, megatron_flops_per_token
+from grow_cli.flops import check_convention, flops_per_token, megatron_flops_per_token
 from grow_cli.planning.hardware import check_mfu, gpu_spec
 from grow_cli.planning.laws import get_law
-from grow_cli.planning.lr import LRLadder, ScheduleRule
+from grow_cli.planning.lr import LRLadder
 from grow_cli.planning.memory import check_batch, estimate_memory
-from grow_cli.layout import Layout
-from grow_cli.planning.planfile import Plan, StagePlan, iterations_for
+from grow_cli.planning.planfile import Plan, PlanRequest, PlanTotals, StagePlan, iterations_for
 from grow_cli.planning.series import resolve_series
-from grow_cli.shape import DEFAULT_SEQ_LEN, GPT2_VOCAB
 
 
-@dataclass(frozen=True)
-class PlanRequest:
-    """Everything `grow plan` decides from; stored in the plan file as its `inputs`."""
-
-    sizes: tuple[str, ...]  # canonical names, smallest first
-    tokens_per_param: float  # scratch tokens per nominal parameter, every stage
-    seq_len: int = DEFAULT_SEQ_LEN
-    vocab: int = GPT2_VOCAB
-    tied: bool = False
-    auto_shapes: bool = False
-    layout: Layout = field(default_factory=Layout)
-    gpu: str = "h100"
-    mfu: float = 0.4
-    global_batch: int = 512  # sequences per optimizer step
-    micro_batch: int = 1
-    law: str = "besiroglu2024"
-    lr_ladder: str = "reference"
-    schedule: ScheduleRule = field(default_factory=ScheduleRule)
-    fixed_data: bool = False
-    flops_convention: str = "reference"
-
-    def validate(self) -> None:
-        """Reject impossible inputs with one-line errors before any arithmetic."""
-        if not self.sizes:
-            raise GrowError("the series is empty; give --max or --sizes")
-        if self.tokens_per_param <= 0:
-            raise GrowError(f"tokens per parameter must be positive, got {self.tokens_per_param}")
-        check_convention(self.flops_convention)
-        check_mfu(self.mfu)
-        gpu_spec(self.gpu)
-        get_law(self.law)
-        LRLadder.parse(self.lr_ladder)
-        if self.seq_len <= 0 or self.vocab <= 0:
-            raise GrowError(f"--seq-len ({self.seq_len}) and --vocab ({self.vocab}) must be positive")
-        for name in ("tp", "pp", "dp"):
-            if getattr(self.layout, name) < 1:
-                raise GrowError(f"--{name} must be at least 1, got {getattr(self.layout, name)}")
-        check_batch(self.global_batch, self.micro_batch, self.layout.dp)
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["sizes"] = list(self.sizes)
-        return data
-
-
-@dataclass(frozen=True)
-class PlanTotals:
-    """Series-level numbers (FLOPs in the plan's convention); stored as the plan's `totals`."""
-
-    flops_independent: float  # every size trained from scratch
-    flops_progressive: float  # the grown series (= the largest size's scratch FLOPs)
-    saving_fraction: float  # 1 - progressive / independent
-    tokens_progressive: float  # tokens the grown series trains on, all stages
-    tokens_largest_scratch: float  # tokens of the largest model alone
-    tokens_independent: float
-    gpu_hours_progressive: float  # Megatron-convention FLOPs at the planned MFU
-    gpu_hours_independent: float
-    tokens_per_param: float
-    corpus_tokens: float | None  # --fixed-data: unique tokens available to the whole series
-    repeated_tokens: float | None  # --fixed-data: tokens read a second (or later) time
-    law_optimal_params: float  # compute-optimal size for the largest model's 6·N_total·D compute
-    law_optimal_tokens: float
+def check_request(request: PlanRequest) -> None:
+    """Reject impossible inputs with one-line errors before any arithmetic."""
+    if not request.sizes:
+        raise GrowError("the series is empty; give --max or --sizes")
+    if request.tokens_per_param <= 0:
+        raise GrowError(f"tokens per parameter must be positive, got {request.tokens_per_param}")
+    check_convention(request.flops_convention)
+    check_mfu(request.mfu)
+    gpu_spec(request.gpu)
+    get_law(request.law)
+    LRLadder.parse(request.lr_ladder)
+    if request.seq_len <= 0 or request.vocab <= 0:
+        raise GrowError(f"--seq-len ({request.seq_len}) and --vocab ({request.vocab}) must be positive")
+    for name in ("tp", "pp", "dp"):
+        if getattr(request.layout, name) < 1:
+            raise GrowError(f"--{name} must be at least 1, got {getattr(request.layout, name)}")
+    check_batch(request.global_batch, request.micro_batch, request.layout.dp)
 
 
 def build_plan(request: PlanRequest) -> Plan:
     """The full series plan for `request` (validated first: user mistakes raise GrowError)."""
-    request.validate()
+    check_request(request)
     layout = request.layout
     members = resolve_series(
         list(request.sizes),
@@ -116,6 +69,7 @@ def build_plan(request: PlanRequest) -> Plan:
         hardware_flops_per_token = megatron_flops_per_token(member.shape, layout.tp)
         hours_scratch.append(gpu.hours(hardware_flops_per_token * budget.tokens_scratch, request.mfu))
         memory = estimate_memory(member.shape, layout, request.micro_batch, request.global_batch)
+        predicted = law.predicts(counts.total, budget.tokens_scratch, member.shape.vocab)
         stages.append(
             StagePlan(
                 index=i + 1,
@@ -133,7 +87,8 @@ def build_plan(request: PlanRequest) -> Plan:
                 micro_batch=request.micro_batch,
                 layout=layout,
                 init_from=names[i - 1] if i else None,
-                predicted_loss=law.loss(counts.total, budget.tokens_scratch),
+                predicted_loss=law.loss(counts.total, budget.tokens_scratch) if predicted else None,
+                loss_outside_fit=not predicted,
                 gpu_hours=gpu.hours(hardware_flops_per_token * budget.tokens_incremental, request.mfu),
                 memory_per_gpu_gb=memory.total_gib,
                 unique_tokens=data_use[i].unique if data_use else None,
@@ -161,7 +116,7 @@ def build_plan(request: PlanRequest) -> Plan:
     )
     return Plan(
         stages=stages,
-        inputs=request.to_dict(),
-        totals=asdict(totals),
+        inputs=request,
+        totals=totals,
         flops_convention=request.flops_convention,
     )

@@ -22,7 +22,7 @@ def save_plot(plan: Plan, path: Path) -> None:
 
     names = [s.name for s in plan.stages]
     x = list(range(len(names)))
-    prefix, scale = flop_unit(plan.totals["flops_independent"])
+    prefix, scale = flop_unit(plan.totals.flops_independent)
     independent, running = [], 0.0
     for s in plan.stages:
         running += s.flops_scratch
@@ -35,7 +35,7 @@ def save_plot(plan: Plan, path: Path) -> None:
     ax_flops.bar([i + width / 2 for i in x], progressive, width, label="grown series", color="#2b7bba")
     ax_flops.set_xticks(x, names)
     ax_flops.set_ylabel(f"cumulative {prefix}FLOPs ({plan.flops_convention})")
-    ax_flops.set_title(f"Compute: {plan.totals['saving_fraction']:.1%} saved")
+    ax_flops.set_title(f"Compute: {plan.totals.saving_fraction:.1%} saved")
     ax_flops.legend(frameon=False)
 
     tscale = 1e9 if plan.stages[-1].tokens_scratch >= 1e9 else 1e6
@@ -53,8 +53,8 @@ def save_plot(plan: Plan, path: Path) -> None:
     ax_tokens.set_xticks(x, names)
     ax_tokens.set_ylabel(f"tokens ({tunit})")
     ax_tokens.set_title(
-        f"Tokens: {plan.totals['tokens_progressive'] / tscale:.3g}{tunit} grown vs "
-        f"{plan.totals['tokens_largest_scratch'] / tscale:.3g}{tunit} for {names[-1]} alone"
+        f"Tokens: {plan.totals.tokens_progressive / tscale:.3g}{tunit} grown vs "
+        f"{plan.totals.tokens_largest_scratch / tscale:.3g}{tunit} for {names[-1]} alone"
     )
     ax_tokens.legend(frameon=False)
     fig.tight_layout()

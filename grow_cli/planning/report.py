@@ -13,15 +13,23 @@ from rich.console import Console
 from rich.table import Table
 
 from grow_cli.planning.budget import progressive_budgets
-from grow_cli.planning.flops import CONVENTIONS, flops_per_token
+from grow_cli.flops import CONVENTIONS, flops_per_token
 from grow_cli.planning.hardware import GPUSpec, gpu_spec
+from grow_cli.planning.laws import get_law
 from grow_cli.planning.lr import LRLadder
 from grow_cli.planning.memory import smallest_fitting_layout
 from grow_cli.layout import Layout
-from grow_cli.planning.planfile import Plan, StagePlan
+from grow_cli.planning.planfile import Plan
 from grow_cli.units import format_count
 
 _FLOP_UNITS = (("Z", 1e21), ("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9))
+
+NONEMBEDDING_LABEL = "non-emb.\nparams"
+TOTAL_LABEL = "total\nparams"
+PARAMS_NOTE = (
+    "non-emb. params: without the embedding and output layers (what a stage's name states); "
+    "total params: all of them, the count published model sizes such as Llama-3-8B's quote"
+)
 
 CONVENTION_TITLES = {
     "reference": "6·N·D, N = the size name's count",
@@ -64,7 +72,7 @@ class MemoryAdvice:
 
 
 def _gpu(plan: Plan) -> GPUSpec:
-    return gpu_spec(plan.inputs.get("gpu", "h100"))
+    return gpu_spec(plan.inputs.gpu)
 
 
 def memory_advice(plan: Plan) -> list[MemoryAdvice]:
@@ -163,7 +171,9 @@ def render(plan: Plan, console: Console) -> None:
         f"Series {' → '.join(s.name for s in plan.stages)}: shapes (head dim {plan.stages[-1].shape.head_dim}, "
         f"vocab {plan.stages[-1].shape.vocab}, {'tied' if plan.stages[-1].shape.tied_embeddings else 'untied'} embeddings)"
     )
-    for column in ("stage", "grows\nfrom", "hidden", "ffn", "layers", "heads", "kv\ngroups", "params\nnon-emb", "params\ntotal"):
+    # a stage's name is its nominal size, close to the non-embedding count; published model sizes
+    # (Llama-3-8B's "8B") are totals, embeddings included: both are labelled so they are not mixed up
+    for column in ("stage", "grows\nfrom", "hidden", "ffn", "layers", "heads", "kv\ngroups", NONEMBEDDING_LABEL, TOTAL_LABEL):
         models.add_column(column, justify="left" if column in ("stage", "grows\nfrom") else "right")
     for s in plan.stages:
         shape = s.shape
@@ -179,14 +189,15 @@ def render(plan: Plan, console: Console) -> None:
             format_count(s.params_total),
         )
     console.print(models)
+    console.print(PARAMS_NOTE)
 
     budget = _table(
-        f"Budget: {totals['tokens_per_param']:.3g} tokens/param; FLOPs {plan.flops_convention} = "
+        f"Budget: {totals.tokens_per_param:.3g} tokens/param; FLOPs {plan.flops_convention} = "
         f"{CONVENTION_TITLES.get(plan.flops_convention, plan.flops_convention)}"
     )
     for column in ("stage", "tokens\nscratch", "tokens\ntrained", f"{unit}\nscratch", f"{unit}\ntrained", f"{unit}\ncumulative"):
         budget.add_column(column, justify="left" if column == "stage" else "right")
-    if totals.get("corpus_tokens"):
+    if totals.corpus_tokens:
         budget.add_column("of which\nre-read", justify="right")
     for s in plan.stages:
         row = [
@@ -197,7 +208,7 @@ def render(plan: Plan, console: Console) -> None:
             flops(s.flops_incremental),
             flops(s.flops_cumulative),
         ]
-        if totals.get("corpus_tokens"):
+        if totals.corpus_tokens:
             row.append(format_count(s.repeated_tokens or 0))
         budget.add_row(*row)
     console.print(budget)
@@ -205,7 +216,7 @@ def render(plan: Plan, console: Console) -> None:
     training = _table(
         f"Training: batch {plan.stages[0].global_batch} x {plan.stages[0].shape.seq_len} tokens "
         f"(micro {plan.stages[0].micro_batch}), TP={layout.tp} PP={layout.pp} DP={layout.dp}, "
-        f"{gpu.name.upper()} at {plan.inputs.get('mfu', 0):.0%} MFU"
+        f"{gpu.name.upper()} at {plan.inputs.mfu:.0%} MFU"
     )
     days = f"days on\n{layout.world_size} GPU{'s' if layout.world_size > 1 else ''}"
     for column in ("stage", "LR", "min LR", "warmup", "iters", "loss\n(law)", "GPU-\nhours", days, "GiB per\nGPU"):
@@ -220,36 +231,41 @@ def render(plan: Plan, console: Console) -> None:
             _lr(s.min_lr),
             f"{s.warmup_iters:,}",
             f"{s.train_iters:,}",
-            "" if s.predicted_loss is None else f"{s.predicted_loss:.3f}",
+            "-" if s.loss_outside_fit else f"{s.predicted_loss:.3f}",
             "" if s.gpu_hours is None else _amount(s.gpu_hours),
             "" if s.gpu_hours is None else _amount(s.gpu_hours / s.layout.world_size / 24),
             memory,
         )
     console.print(training)
+    outside = [s.name for s in plan.stages if s.loss_outside_fit]
+    if outside:
+        law = get_law(plan.inputs.law)
+        console.print(
+            f"loss (law) of {', '.join(outside)}: outside the fitted range of {law.name} "
+            f"(from {format_count(law.min_params)} params and {format_count(law.min_tokens)} tokens, below ln V)"
+        )
 
     lines = [
-        f"FLOPs ({plan.flops_convention}): every size from scratch {flops(totals['flops_independent'])} {unit}, "
-        f"grown series {flops(totals['flops_progressive'])} {unit}: "
-        f"[bold green]{totals['saving_fraction']:.1%} saved[/bold green]",
-        f"Tokens: grown series {format_count(totals['tokens_progressive'])} vs "
-        f"{format_count(totals['tokens_largest_scratch'])} for {plan.stages[-1].name} alone "
-        f"({totals['tokens_progressive'] / totals['tokens_largest_scratch'] - 1:+.0%})",
+        f"FLOPs ({plan.flops_convention}): every size from scratch {flops(totals.flops_independent)} {unit}, "
+        f"grown series {flops(totals.flops_progressive)} {unit}: "
+        f"[bold green]{totals.saving_fraction:.1%} saved[/bold green]",
+        f"Tokens: grown series {format_count(totals.tokens_progressive)} vs "
+        f"{format_count(totals.tokens_largest_scratch)} for {plan.stages[-1].name} alone "
+        f"({totals.tokens_progressive / totals.tokens_largest_scratch - 1:+.0%})",
         f"GPU-hours ({gpu.name.upper()}, Megatron-counted FLOPs): grown series "
-        f"{_amount(totals['gpu_hours_progressive'])} vs {_amount(totals['gpu_hours_independent'])} from scratch",
+        f"{_amount(totals.gpu_hours_progressive)} vs {_amount(totals.gpu_hours_independent)} from scratch",
     ]
-    if totals.get("corpus_tokens"):
+    if totals.corpus_tokens:
         lines.append(
-            f"Fixed data: a {format_count(totals['corpus_tokens'])}-token corpus; "
-            f"{format_count(totals['repeated_tokens'])} tokens are read a second time"
-            + (f" (in {', '.join(s.name for s in plan.stages if s.repeated_tokens)})" if totals["repeated_tokens"] else "")
+            f"Fixed data: a {format_count(totals.corpus_tokens)}-token corpus; "
+            f"{format_count(totals.repeated_tokens)} tokens are read a second time"
+            + (f" (in {', '.join(s.name for s in plan.stages if s.repeated_tokens)})" if totals.repeated_tokens else "")
         )
     lines.append(
-        f"Scaling law {plan.inputs.get('law', '')}: the compute of {plan.stages[-1].name} from scratch is best spent on "
-        f"{format_count(totals['law_optimal_params'])} params (all, embeddings included) x {format_count(totals['law_optimal_tokens'])} tokens"
+        f"Scaling law {plan.inputs.law}: the compute of {plan.stages[-1].name} from scratch is best spent on "
+        f"{format_count(totals.law_optimal_params)} params (all, embeddings included) x {format_count(totals.law_optimal_tokens)} tokens"
     )
-    lr_spec = plan.inputs.get("lr_ladder")
-    if lr_spec:
-        lines.append(f"Learning rates: {LRLadder.parse(lr_spec).describe()}")
+    lines.append(f"Learning rates: {LRLadder.parse(plan.inputs.lr_ladder).describe()}")
     for line in lines:
         console.print(line)
 

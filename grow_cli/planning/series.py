@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass
 
 from grow_cli.errors import GrowError
-from grow_cli.shape import ModelShape, gqa_groups_needed, resolve_shape
+from grow_cli.growth_rules import growth_problems
+from grow_cli.shape import ModelShape, resolve_shape
 from grow_cli.units import parse_count, parse_multiplier, size_name
 
 DEFAULT_STAGES = 4
@@ -115,26 +116,6 @@ class SeriesMember:
     name: str
     nominal: float  # the count the name states; the reference FLOP accounting uses it
     shape: ModelShape
-
-
-def growth_problems(source: ModelShape, target: ModelShape) -> list[str]:
-    """Why `source` cannot be expanded into `target` by width/depth growth (empty if it can).
-
-    Growth copies whole heads of a fixed head dim and never removes units; with GQA the target
-    needs `gqa_groups_needed` KV groups.
-    """
-    problems = []
-    for field in ("hidden", "ffn", "layers", "heads", "kv_groups"):
-        if getattr(target, field) < getattr(source, field):
-            problems.append(f"{field} shrinks {getattr(source, field)} -> {getattr(target, field)}")
-    for field in ("head_dim", "vocab", "tied_embeddings"):
-        if getattr(target, field) != getattr(source, field):
-            problems.append(f"{field} changes {getattr(source, field)} -> {getattr(target, field)}")
-    if not problems:
-        needed = gqa_groups_needed(source, target.heads, target.kv_groups)
-        if needed > target.kv_groups:
-            problems.append(f"GQA growth needs at least {needed} KV groups, the target has {target.kv_groups}")
-    return problems
 
 
 def resolve_series(

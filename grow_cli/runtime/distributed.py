@@ -43,17 +43,16 @@ def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234) -> Runtime:
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
-    from grow_cli.runtime import cpu_compat
+    from grow_cli.runtime import cpu_compat, env
 
     policy = device_policy()
     cpu_compat.activate()  # a no-op with CUDA
     if not torch.distributed.is_initialized():
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
+        world, rank = env.world_size(), env.rank()
         # A world of one needs no rendezvous: an in-process store cannot race for a TCP port.
         store = torch.distributed.HashStore() if world == 1 and "MASTER_ADDR" not in os.environ else None
         if policy.cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(env.local_rank())
         torch.distributed.init_process_group(
             backend=policy.backend,
             world_size=world,
@@ -79,7 +78,7 @@ def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234) -> Runtime:
             tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp
         )
     model_parallel_cuda_manual_seed(seed)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = env.local_rank()
     device = torch.device("cuda", torch.cuda.current_device()) if policy.cuda else torch.device("cpu")
     layout = Layout(tp=tp, pp=pp, dp=world // (tp * pp))
     return Runtime(torch.distributed.get_rank(), world, local_rank, device, layout, policy)

@@ -9,7 +9,6 @@ inside the command bodies only.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import MISSING, fields, replace
 from pathlib import Path
 
@@ -57,12 +56,13 @@ class _PretrainCommand(TyperCommand):
 
 
 def _train(options: PretrainOptions, as_json: bool) -> None:
+    from grow_cli.runtime.env import is_main
     from grow_cli.training.config import resolve_config
     from grow_cli.training.loop import pretrain
 
     config = resolve_config(options)
     summary = pretrain(config)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main():
         return
     if as_json:
         typer.echo(json.dumps(summary.to_json(), indent=2))

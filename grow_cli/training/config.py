@@ -13,14 +13,15 @@ scope, so `grow pretrain --help` stays instant.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from grow_cli.dtypes import WEIGHT_DTYPES
 from grow_cli.errors import GrowError
 from grow_cli.layout import Layout
 from grow_cli.runtime.device import DevicePolicy
+from grow_cli.runtime import env
 from grow_cli.shape import DEFAULT_SEQ_LEN, ModelShape
 from grow_cli.training.options import DEFAULT_GLOBAL_BATCH, DEFAULT_LR, DEFAULT_MICRO_BATCH, PretrainOptions
 
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
     from grow_cli.data.info import DataInfo
     from grow_cli.planning.planfile import StagePlan
 
-DTYPES = ("bf16", "fp32")
 RECOMPUTE = ("none", "selective", "full")
 
 
@@ -153,14 +153,6 @@ class RunInputs:
     stage: StagePlan | None = None  # the --plan stage
 
 
-def world_size_from_env() -> int:
-    """The launcher's world size (torchrun/srun set WORLD_SIZE); 1 for a plain call."""
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        raise GrowError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer") from None
-
-
 def load_inputs(options: PretrainOptions) -> RunInputs:
     """The data sidecar and the plan stage; GrowError when they are missing or inconsistent."""
     from grow_cli.data.info import read_data_info
@@ -194,7 +186,7 @@ def resolve_config(
         from grow_cli.runtime.device import device_policy
 
         device = device_policy()
-    world_size = world_size_from_env() if world_size is None else world_size
+    world_size = env.world_size() if world_size is None else world_size
     inputs = load_inputs(options)
     config = resolve(options, inputs, world_size=world_size, device=device)
     if config.init is not None:
@@ -231,8 +223,8 @@ def check_options(options: PretrainOptions) -> None:
         _positive(f"--{name.replace('_', '-')}", getattr(options, name))
     if options.min_lr is not None and options.min_lr < 0:
         raise GrowError(f"--min-lr must be >= 0, got {options.min_lr}")
-    if options.dtype is not None and options.dtype not in DTYPES:
-        raise GrowError(f"--dtype {options.dtype!r}: choose one of {', '.join(DTYPES)}")
+    if options.dtype is not None and options.dtype not in WEIGHT_DTYPES:
+        raise GrowError(f"--dtype {options.dtype!r}: choose one of {', '.join(WEIGHT_DTYPES)}")
     if options.recompute not in RECOMPUTE:
         raise GrowError(f"--recompute {options.recompute!r}: choose one of {', '.join(RECOMPUTE)}")
     if options.attention not in ATTENTION_BACKENDS:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from grow_cli.dtypes import torch_dtype
 from grow_cli.runtime.distributed import Runtime
 from grow_cli.training.config import TrainConfig
 from grow_cli.training.objective import Objective
@@ -56,7 +57,7 @@ class Engine:
         self.runtime = runtime
         self.objective = objective
         self.metric_names = tuple(objective.metrics)
-        dtype = torch.bfloat16 if config.model.dtype == "bf16" else torch.float32
+        dtype = torch_dtype(config.model.dtype)
         recompute = None if config.model.recompute == "none" else config.model.recompute
         self.gpt = build_gpt_model(
             config.shape, runtime.layout, dtype=dtype, attention=config.model.attention, recompute=recompute,

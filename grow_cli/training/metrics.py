@@ -1,7 +1,7 @@
 """What a run reports: JSON lines, TensorBoard, and the console (rank 0 only).
 
 Throughput is counted in model FLOPs with Megatron-LM's per-token formula (dense GQA SwiGLU with
-causal attention, the TP-padded vocabulary: `grow_cli.planning.flops.megatron_flops_per_token`),
+causal attention, the TP-padded vocabulary: `grow_cli.flops.megatron_flops_per_token`),
 which is what Megatron-LM logs as TFLOP/s and what MFU is measured against here. MFU = achieved
 model FLOP/s per device / the device's peak dense bf16 FLOP/s (`grow_cli.planning.hardware`, or
 `--peak-tflops`); it is left empty on a device without a known peak (CPU).
@@ -30,7 +30,7 @@ FLOPS_CONVENTION = "megatron"
 
 def model_flops_per_token(config: TrainConfig) -> float:
     """Training FLOPs per token of this run's model (Megatron-LM convention, padded vocab)."""
-    from grow_cli.planning.flops import megatron_flops_per_token
+    from grow_cli.flops import megatron_flops_per_token
 
     return megatron_flops_per_token(config.shape, config.parallel.layout.tp)
 
@@ -181,7 +181,7 @@ class MetricsLog:
         self._file = None
         if not enabled:
             return
-        from rich.console import Console
+        from grow_cli.console import stderr_console
 
         self.path = config.out / METRICS_FILE
         truncate_records(self.path, start_iteration)
@@ -191,20 +191,13 @@ class MetricsLog:
         self._writer = SummaryWriter(
             log_dir=str(config.out / TENSORBOARD_DIR), purge_step=start_iteration + 1
         )
-        self.console = Console(stderr=True)
+        self.console = stderr_console()
         self.show_lines = not config.quiet
         if not config.quiet and sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from grow_cli.console import progress_bar
 
-            self._progress = Progress(
-                TextColumn("[bold]training[/bold]"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"),
-                TextColumn("{task.fields[rate]}"),
-                TimeRemainingColumn(),
-                console=self.console,
-                transient=True,
+            self._progress = progress_bar(
+                "[bold]training[/bold]", "loss {task.fields[loss]}", "{task.fields[rate]}", remaining=True, console=self.console
             )
             self._task = self._progress.add_task("train", total=self.total, completed=start_iteration, loss="-", rate="")
             self._progress.start()

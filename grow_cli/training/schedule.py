@@ -15,6 +15,7 @@ another data-parallel size or micro batch follows the same curve.
 
 from __future__ import annotations
 
+from grow_cli.dtypes import torch_dtype
 from grow_cli.training.config import TrainConfig
 
 
@@ -34,7 +35,7 @@ def optimizer_config(config: TrainConfig):
         adam_eps=settings.eps,
         clip_grad=settings.clip_grad,
         bf16=bf16,
-        params_dtype=_torch_dtype(config.model.dtype),
+        params_dtype=torch_dtype(config.model.dtype),
         use_distributed_optimizer=config.parallel.distributed_optimizer,
         loss_scale=1.0 if mixed_precision else None,
     )
@@ -77,7 +78,3 @@ def current_lr(optimizer) -> float:
     return float(lr if lr is not None else optimizer.param_groups[0]["lr"])
 
 
-def _torch_dtype(name: str):
-    import torch
-
-    return torch.bfloat16 if name == "bf16" else torch.float32

@@ -14,7 +14,9 @@ depending on what is counted, so every FLOP figure grow prints names its convent
   the matmul weights (all but the input embedding lookup and the norm gains) and attention
   counted non-causally: exactly the matmul FLOPs a dense implementation executes.
 
-Each is forward + backward (3 x the forward's 2 FLOPs per multiply-add).
+Each is forward + backward (3 x the forward's 2 FLOPs per multiply-add). This is the shape's own
+accounting (like its parameter counts), so it sits next to `grow_cli.shape`: the planner budgets
+with it and training measures throughput and MFU with it, neither through the other.
 """
 
 from __future__ import annotations
