@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from grow_cli.errors import GrowError
 from grow_cli.planning.budget import fixed_corpus_use, progressive_budgets
 from grow_cli.planning.flops import check_convention, flops_per_token, megatron_flops_per_token
-from grow_cli.planning.hardware import check_mfu, gpu_spec
+from grow_cli.planning.hardware import PLANNED_MFU, check_mfu, gpu_spec
 from grow_cli.planning.laws import get_law
 from grow_cli.planning.lr import LRLadder, ScheduleRule
 from grow_cli.planning.memory import check_batch, estimate_memory
@@ -34,7 +34,7 @@ class PlanRequest:
     auto_shapes: bool = False
     layout: Layout = field(default_factory=Layout)
     gpu: str = "h100"
-    mfu: float = 0.4
+    mfu: float = PLANNED_MFU
     global_batch: int = 512  # sequences per optimizer step
     micro_batch: int = 1
     law: str = "besiroglu2024"

@@ -205,6 +205,8 @@ class _Run:
             step = self.engine.train_step(batches)
             seconds = time.perf_counter() - started
             self._advance(seconds)
+            if self.state.iteration == self.start_iteration + 1:
+                self._note_kernels()
             interval.add(step, seconds)
             iteration = self.state.iteration
             self.log.step(iteration)
@@ -225,6 +227,21 @@ class _Run:
                 self.log.note(f"--exit-interval {intervals.exit}: saved and stopped at iteration {iteration}")
                 return "stopped", interval if interval.steps else last
         return "completed", last
+
+    def _note_kernels(self) -> None:
+        """After the first step: which kernels ran (SDPA picks its backend per call)."""
+        from grow_cli.runtime.attention import backends_used
+
+        fusions, sync = self.config.speed.fusions, self.config.speed.grad_sync
+        sdpa = backends_used(self.engine.gpt)
+        attention = f"sdpa ({'/'.join(sdpa)})" if sdpa else self.config.model.attention
+        on = [name for name, used in (("swiglu", fusions.swiglu), ("rope", fusions.rope), ("grad-accum", fusions.grad_accum),
+                                      ("compile", fusions.compile)) if used]
+        overlap = [name for name, used in (("grad reduce", sync.overlap_grad_reduce), ("param gather", sync.overlap_param_gather)) if used]
+        self.log.note(
+            f"kernels: attention {attention}, cross-entropy {fusions.cross_entropy}, fused {', '.join(on) or 'none'}; "
+            f"{sync.grad_dtype} gradients, overlapped {', '.join(overlap) or 'nothing'}"
+        )
 
     def _advance(self, seconds: float) -> None:
         state = self.state
@@ -276,8 +293,9 @@ class _Run:
         batches = self._sample_batches(self.valid_ds, 0)
         sums: dict[str, float] = {}
         counts: dict[str, float] = {}
-        for _ in range(self.config.intervals.eval_iters):
-            step = self.engine.eval_step(batches)
+        with self.engine.settled_weights():
+            steps = [self.engine.eval_step(batches) for _ in range(self.config.intervals.eval_iters)]
+        for step in steps:
             for name in step.sums:
                 sums[name] = sums.get(name, 0.0) + step.sums[name]
                 counts[name] = counts.get(name, 0.0) + step.counts[name]
@@ -290,7 +308,8 @@ class _Run:
         if self.saved_at == self.state.iteration:
             return
         started = time.perf_counter()
-        path = save_train_checkpoint(self.config, self.engine, self.state, self.info)
+        with self.engine.settled_weights():
+            path = save_train_checkpoint(self.config, self.engine, self.state, self.info)
         self.saved_at = self.state.iteration
         self.saved_path = path
         self.log.note(f"saved checkpoint {path} ({time.perf_counter() - started:.1f} s)")
