@@ -232,16 +232,9 @@ class _Run:
         """After the first step: which kernels ran (SDPA picks its backend per call)."""
         from grow_cli.runtime.attention import backends_used
 
-        fusions, sync = self.config.speed.fusions, self.config.speed.grad_sync
         sdpa = backends_used(self.engine.gpt)
         attention = f"sdpa ({'/'.join(sdpa)})" if sdpa else self.config.model.attention
-        on = [name for name, used in (("swiglu", fusions.swiglu), ("rope", fusions.rope), ("grad-accum", fusions.grad_accum),
-                                      ("compile", fusions.compile)) if used]
-        overlap = [name for name, used in (("grad reduce", sync.overlap_grad_reduce), ("param gather", sync.overlap_param_gather)) if used]
-        self.log.note(
-            f"kernels: attention {attention}, cross-entropy {fusions.cross_entropy}, fused {', '.join(on) or 'none'}; "
-            f"{sync.grad_dtype} gradients, overlapped {', '.join(overlap) or 'nothing'}"
-        )
+        self.log.note(f"kernels: attention {attention}, {self.config.speed.describe()}")
 
     def _advance(self, seconds: float) -> None:
         state = self.state

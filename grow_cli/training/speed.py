@@ -54,6 +54,17 @@ class SpeedSettings:
     fusions: Fusions = field(default_factory=Fusions)
     grad_sync: GradSync = field(default_factory=GradSync)
 
+    def describe(self) -> str:
+        """One line for logs and benchmark reports."""
+        f, sync = self.fusions, self.grad_sync
+        fused = [name for name, on in (("swiglu", f.swiglu), ("rope", f.rope), ("grad-accum", f.grad_accum), ("compile", f.compile)) if on]
+        overlap = [name for name, on in (("grad reduce", sync.overlap_grad_reduce), ("param gather", sync.overlap_param_gather)) if on]
+        return (
+            f"cross-entropy {f.cross_entropy}, fused {', '.join(fused) or 'none'}; "
+            f"{sync.grad_dtype} gradients, overlapped {', '.join(overlap) or 'nothing'}"
+            + (f", buckets of {sync.bucket_size:,} parameters" if sync.bucket_size else "")
+        )
+
 
 @dataclass(frozen=True)
 class RunFacts:
