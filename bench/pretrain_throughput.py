@@ -16,6 +16,11 @@ a markdown table and appended as a section to docs/benchmarks.md. Runs alone or 
 
     python bench/pretrain_throughput.py [--size 1B] [--seq-len 1024] [--micro-batch 4] [--global-batch 8]
         [--steps 20] [--warmup 5] [--attention sdpa,local] [--tp 1 --pp 1] [--peak-tflops N] [--no-doc]
+        [grow pretrain's speed knobs: --cross-entropy te --no-fused-swiglu --compile --grad-dtype bf16 ...]
+
+The speed knobs are `grow pretrain`'s own (the "Speed" panel of `PretrainOptions`, resolved by
+`grow_cli.training.speed` with the same defaults and the same refusals); `--gpu` is not among
+them here: the benchmark's micro batch is `--micro-batch`.
 """
 
 from __future__ import annotations
@@ -41,6 +46,47 @@ def tiny_shape(seq_len: int):
     return ModelShape(hidden=64, ffn=176, layers=2, heads=4, kv_groups=4, head_dim=16, seq_len=seq_len)
 
 
+def speed_knobs() -> dict[str, tuple[str, str | None, type]]:
+    """`grow pretrain`'s speed options (field -> flag, negative flag, value type), from their declarations."""
+    from typing import get_args, get_type_hints
+
+    from typer.models import OptionInfo
+
+    from grow_cli.options import flags_of
+    from grow_cli.training.options import SPEED, PretrainOptions
+
+    knobs = {}
+    hints = get_type_hints(PretrainOptions, include_extras=True)
+    for name, (flag, negative) in flags_of(PretrainOptions).items():
+        kind, *extras = get_args(hints[name])
+        info = next(m for m in extras if isinstance(m, OptionInfo))
+        if info.rich_help_panel == SPEED and name != "gpu":
+            knobs[name] = (flag, negative, next((t for t in get_args(kind) if t is not type(None)), kind))
+    return knobs
+
+
+def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
+    for name, (flag, negative, kind) in speed_knobs().items():
+        if negative:
+            parser.add_argument(flag, dest=name, action="store_const", const=True, default=None)
+            parser.add_argument(negative, dest=name, action="store_const", const=False)
+        else:
+            parser.add_argument(flag, dest=name, type=kind)
+
+
+def speed_settings(args, attention: str, dtype: str, layout):
+    """The run's SpeedSettings exactly as `grow pretrain` resolves them from the same flags."""
+    from grow_cli.runtime.device import device_policy
+    from grow_cli.runtime.fusions import Extensions
+    from grow_cli.training.options import PretrainOptions
+    from grow_cli.training.speed import RunFacts, resolve_speed
+
+    given = {name: getattr(args, name) for name in speed_knobs() if getattr(args, name) is not None}
+    options = PretrainOptions(data="random tokens", out=tempfile.gettempdir(), attention=attention, dtype=dtype, **given)
+    microbatches = args.global_batch // (args.micro_batch * layout.dp)
+    return resolve_speed(options, device_policy(), Extensions.detect(), RunFacts(layout, dtype, microbatches, True))
+
+
 def make_config(args, shape, name: str, nominal: float, attention: str, dtype: str, dp: int):
     from grow_cli.layout import Layout
     from grow_cli.training.config import (
@@ -52,15 +98,17 @@ def make_config(args, shape, name: str, nominal: float, attention: str, dtype: s
         TrainConfig,
     )
 
+    layout = Layout(args.tp, args.pp, dp)
     return TrainConfig(
         model=ModelSettings(shape, name, nominal, attention, dtype, args.recompute),
-        parallel=ParallelSettings(Layout(args.tp, args.pp, dp), sequence_parallel=False, distributed_optimizer=True),
+        parallel=ParallelSettings(layout, sequence_parallel=False, distributed_optimizer=True),
         optimizer=OptimizerSettings(lr=1e-4, min_lr=1e-5, warmup_iters=0),
         batch=BatchSettings(args.global_batch, args.micro_batch, train_iters=args.warmup + args.steps),
         intervals=IntervalSettings(),
         data="random tokens",
         out=Path(tempfile.gettempdir()),
         seed=1234,
+        speed=speed_settings(args, attention, dtype, layout),
     )
 
 
@@ -117,7 +165,7 @@ def measure(args, runtime, config) -> dict:
         args.steps * config.tokens_per_iter, seconds, model_flops_per_token(config), runtime.world_size, peak
     )
     result = {
-        "attention": config.model.attention,
+        "attention": config.model.attention + _sdpa_kernels(engine),
         "step_s": seconds / args.steps,
         "tokens_per_s": throughput.tokens_per_s,
         "tflops": throughput.tflops_per_device,
@@ -132,8 +180,15 @@ def measure(args, runtime, config) -> dict:
     return result
 
 
+def _sdpa_kernels(engine) -> str:
+    from grow_cli.runtime.attention import backends_used
+
+    kernels = backends_used(engine.gpt)
+    return f" ({'/'.join(kernels)})" if kernels else ""
+
+
 def render(args, device: str, peak: float | None, world: int, shape, name: str, dtype: str, command: str,
-           results: list[dict]) -> str:
+           results: list[dict], speed: str) -> str:
     from grow_cli.training.metrics import FLOPS_CONVENTION
 
     rows = []
@@ -158,6 +213,7 @@ def render(args, device: str, peak: float | None, world: int, shape, name: str, 
             f"- command: `{command}`",
             f"- batch: global {args.global_batch} x micro {args.micro_batch} sequences, TP={args.tp} PP={args.pp}; "
             f"{args.warmup} warm-up + {args.steps} timed steps on random tokens (data loading excluded)",
+            f"- speed: {speed}",
             f"- model FLOPs: {FLOPS_CONVENTION} (Megatron-LM per-token formula, causal attention, padded vocab); "
             "MFU against the device's peak dense bf16 FLOP/s: "
             + ("none known" if peak is None else f"{peak / 1e12:.0f} TFLOP/s ({'--peak-tflops' if args.peak_tflops else 'datasheet, grow_cli.planning.hardware'})"),
@@ -185,6 +241,7 @@ def main() -> None:
     parser.add_argument("--pp", type=int, default=1)
     parser.add_argument("--peak-tflops", type=float, help="MFU against this peak per device (e.g. a measured matmul rate)")
     parser.add_argument("--no-doc", action="store_true", help="do not append to docs/benchmarks.md")
+    add_speed_arguments(parser)
     args = parser.parse_args()
 
     import torch
@@ -220,7 +277,7 @@ def main() -> None:
         command = "python " + " ".join([os.path.relpath(__file__, REPO), *sys.argv[1:]])
         if runtime.world_size > 1:
             command = f"torchrun --nproc-per-node {runtime.world_size} {command[len('python '):]}"
-        report = render(args, device, peak, runtime.world_size, shape, name, dtype, command, results)
+        report = render(args, device, peak, runtime.world_size, shape, name, dtype, command, results, config.speed.describe())
         if runtime.is_main:
             print(report)
             if not args.no_doc:

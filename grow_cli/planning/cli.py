@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 
 from grow_cli.errors import GrowError
+from grow_cli.planning.hardware import PLANNED_MFU
 
 PLOT_FORMATS = (".png", ".pdf", ".svg")
 
@@ -85,7 +86,10 @@ def plan_command(
     dp: Optional[int] = typer.Option(None, "--dp", help="Data-parallel size (default: --gpus / (TP·PP), else 1).", rich_help_panel="Hardware"),
     gpus: Optional[int] = typer.Option(None, "--gpus", help="Total GPUs; sets DP = GPUs / (TP·PP).", rich_help_panel="Hardware"),
     gpu: str = typer.Option("h100", "--gpu", help="h100 | h200 | a100: peak FLOP/s and memory.", rich_help_panel="Hardware"),
-    mfu: float = typer.Option(0.4, "--mfu", help="Model FLOPs utilisation as Megatron-LM reports it.", rich_help_panel="Hardware"),
+    mfu: float = typer.Option(
+        PLANNED_MFU, "--mfu", help="Model FLOPs utilisation as Megatron-LM reports it (default unmeasured, see docs/benchmarks.md).",
+        rich_help_panel="Hardware",
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the plan file (YAML) here.", rich_help_panel="Output"),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out / --plot file.", rich_help_panel="Output"),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON instead of tables.", rich_help_panel="Output"),

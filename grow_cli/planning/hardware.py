@@ -13,6 +13,12 @@ from dataclasses import dataclass
 from grow_cli.errors import GrowError
 RESERVED_GIB = 4.0  # CUDA context, communication buffers, allocator slack
 
+# The model FLOPs utilisation plans are costed at (`grow plan --mfu` default, GPU-hours): Megatron's
+# FLOP count over the bf16 dense peak. UNMEASURED: a placeholder until bench/gpu_check.sh measures
+# the reference 1B shape at sequence 1024 on one H100/H200 with `grow pretrain`'s speed defaults;
+# the measured figure and its run belong in docs/benchmarks.md, and then here.
+PLANNED_MFU = 0.4
+
 
 @dataclass(frozen=True)
 class GPUSpec:

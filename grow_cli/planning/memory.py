@@ -122,3 +122,17 @@ def smallest_fitting_layout(
                 return layout, estimate
         gpus *= 2
     return None
+
+
+def largest_micro_batch(shape: ModelShape, layout: Layout, global_batch: int, capacity_gib: float) -> int | None:
+    """The largest micro batch that divides the global batch over DP and whose estimate fits.
+
+    Larger micro batches run larger GEMMs (higher utilisation) for more activation memory; the
+    estimate is `estimate_memory`'s, so the choice is only as good as its activation model.
+    None when not even one sequence per micro batch fits.
+    """
+    per_rank = global_batch // layout.dp
+    for micro in sorted((b for b in range(1, per_rank + 1) if per_rank % b == 0), reverse=True):
+        if global_batch % (micro * layout.dp) == 0 and estimate_memory(shape, layout, micro, global_batch).total_gib <= capacity_gib:
+            return micro
+    return None

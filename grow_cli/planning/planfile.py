@@ -14,6 +14,7 @@ from pathlib import Path
 
 from grow_cli.errors import GrowError
 from grow_cli.layout import Layout
+from grow_cli.planning.hardware import PLANNED_MFU
 from grow_cli.planning.lr import ScheduleRule
 from grow_cli.shape import DEFAULT_SEQ_LEN, GPT2_VOCAB, ModelShape
 
@@ -39,7 +40,7 @@ class PlanRequest:
     auto_shapes: bool = False
     layout: Layout = field(default_factory=Layout)
     gpu: str = "h100"
-    mfu: float = 0.4
+    mfu: float = PLANNED_MFU
     global_batch: int = 512  # sequences per optimizer step
     micro_batch: int = 1
     law: str = "besiroglu2024"

@@ -22,10 +22,11 @@ from torch.overrides import TorchFunctionMode
 from grow_cli.runtime.device import DevicePolicy
 
 # fp32 (no bf16 matmuls worth having), gloo, host initialisation, no CUDA fusions, no overlapped
-# reduce (gloo has no streams to overlap on), in-process data loading, no pinned memory.
+# reduce or parameter gather (gloo has no streams to overlap on), in-process data loading, no
+# pinned memory.
 CPU = DevicePolicy(
     cuda=False, dtype="fp32", backend="gloo", cpu_initialization=True, fusions=False, overlap_grad_reduce=False,
-    loader_workers=0, pin_memory=False, default_sequence_parallel=False,
+    overlap_param_gather=False, loader_workers=0, pin_memory=False, default_sequence_parallel=False,
 )
 
 _active = False

@@ -19,8 +19,9 @@ class DevicePolicy:
     dtype: str = "bf16"  # default training/eval precision
     backend: str = "nccl"  # torch.distributed backend
     cpu_initialization: bool = False  # megatron initialises weights on the host
-    fusions: bool = True  # megatron's bias-activation fusion (a CUDA kernel)
+    fusions: bool = True  # megatron's fused kernels (runtime/fusions.py): torch.compile'd or TE, CUDA only
     overlap_grad_reduce: bool = True  # DDP overlaps the gradient reduce with backward
+    overlap_param_gather: bool = True  # the distributed optimizer's all-gather overlaps the next forward
     loader_workers: int = 2  # prefetching data-loader processes; the order does not depend on it
     pin_memory: bool = True
     default_sequence_parallel: bool = True  # with TP > 1 and Transformer Engine layers

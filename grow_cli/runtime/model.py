@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from grow_cli.errors import GrowError
 from grow_cli.layout import Layout
 from grow_cli.runtime.device import device_policy
+from grow_cli.runtime.fusions import Fusions
 from grow_cli.shape import ModelShape
 
 ATTENTION_BACKENDS = ("sdpa", "te", "local")
@@ -34,11 +35,18 @@ def transformer_config(
     dtype: torch.dtype = torch.float32,
     recompute: str | None = None,
     sequence_parallel: bool = False,
+    fusions: Fusions | None = None,
 ):
-    """The TransformerConfig of `shape` at `layout`; the device policy decides the fusions."""
+    """The TransformerConfig of `shape` at `layout` with the `fusions` of the run.
+
+    Without `fusions` (evaluation, expansion, export) the SwiGLU fusion follows the device
+    policy, the one fusion those commands' forward passes gain from; `grow pretrain` passes
+    what its options resolved to.
+    """
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     policy = device_policy()
+    fusions = fusions or Fusions(swiglu=policy.fusions)
     return TransformerConfig(
         num_layers=shape.layers,
         hidden_size=shape.hidden,
@@ -63,12 +71,7 @@ def transformer_config(
         use_cpu_initialization=policy.cpu_initialization,
         perform_initialization=True,
         init_method_std=0.02,
-        bias_activation_fusion=policy.fusions,
-        masked_softmax_fusion=False,
-        apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
-        cross_entropy_loss_fusion=False,
-        persist_layer_norm=False,
+        **fusions.config_fields(),
         calculate_per_token_loss=True,
         recompute_granularity=recompute,
         recompute_modules=["core_attn"] if recompute == "selective" else None,
@@ -108,12 +111,14 @@ def build_gpt_model(
     attention: str = "sdpa",
     recompute: str | None = None,
     sequence_parallel: bool = False,
+    fusions: Fusions | None = None,
     pre_process: bool | None = None,
     post_process: bool | None = None,
 ):
     """Instantiate this rank's GPTModel piece (model parallel state must be initialised).
 
-    Vocabulary is padded by `shape.padded_vocab(tp)` (128 x 8 rows, the same at TP 1/2/4/8), so
+    With `fusions.compile` each transformer layer goes through `torch.compile` (layer by layer:
+    every pipeline stage and recomputed layer compiles the same small graph once). Vocabulary is padded by `shape.padded_vocab(tp)` (128 x 8 rows, the same at TP 1/2/4/8), so
     checkpoints of a shape line up, and compute the same loss, whatever the TP;
     `pre_process`/`post_process` default to this rank's pipeline stage.
     """
@@ -121,7 +126,9 @@ def build_gpt_model(
     from megatron.core.models.gpt.gpt_model import GPTModel
 
     shape.check_layout(layout.tp, layout.pp)
-    config = transformer_config(shape, layout, dtype=dtype, recompute=recompute, sequence_parallel=sequence_parallel)
+    config = transformer_config(
+        shape, layout, dtype=dtype, recompute=recompute, sequence_parallel=sequence_parallel, fusions=fusions
+    )
     if pre_process is None:
         pre_process = parallel_state.is_pipeline_first_stage()
     if post_process is None:
@@ -137,6 +144,9 @@ def build_gpt_model(
         position_embedding_type="rope",
         rotary_base=shape.rope_theta,  # float: imported models may use a non-integer base
     )
+    if fusions is not None and fusions.compile:
+        for layer in model.decoder.layers:
+            layer.compile()
     if device_policy().cuda:
         model.cuda(torch.cuda.current_device())
     return model

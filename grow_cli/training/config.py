@@ -13,7 +13,7 @@ scope, so `grow pretrain --help` stays instant.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,8 +22,10 @@ from grow_cli.errors import GrowError
 from grow_cli.layout import Layout
 from grow_cli.runtime.device import DevicePolicy
 from grow_cli.runtime import env
+from grow_cli.runtime.fusions import Extensions
 from grow_cli.shape import DEFAULT_SEQ_LEN, ModelShape
 from grow_cli.training.options import DEFAULT_GLOBAL_BATCH, DEFAULT_LR, DEFAULT_MICRO_BATCH, PretrainOptions
+from grow_cli.training.speed import RunFacts, SpeedSettings, resolve_speed
 
 if TYPE_CHECKING:
     from grow_cli.data.info import DataInfo
@@ -109,6 +111,7 @@ class TrainConfig:
     plan: str | None = None
     peak_tflops: float | None = None  # per device, for MFU; None: detect
     quiet: bool = False
+    speed: SpeedSettings = field(default_factory=SpeedSettings)  # kernels and gradient handling
 
     @property
     def shape(self) -> ModelShape:
@@ -151,22 +154,25 @@ class RunInputs:
 
     data: DataInfo
     stage: StagePlan | None = None  # the --plan stage
+    extensions: Extensions | None = None  # this machine's TE/Apex; None: the run executes elsewhere
 
 
-def load_inputs(options: PretrainOptions) -> RunInputs:
-    """The data sidecar and the plan stage; GrowError when they are missing or inconsistent."""
+def load_inputs(options: PretrainOptions, here: bool = True) -> RunInputs:
+    """The data sidecar, the plan stage and (`here`) the installed extensions; GrowError when
+    the files are missing or inconsistent."""
     from grow_cli.data.info import read_data_info
 
     data = read_data_info(options.data)
+    extensions = Extensions.detect() if here else None
     if options.plan is None:
         if options.stage is not None:
             raise GrowError("--stage needs --plan PLAN")
-        return RunInputs(data)
+        return RunInputs(data, extensions=extensions)
     from grow_cli.planning.planfile import load_plan
 
     if options.stage is None:
         raise GrowError("--plan needs --stage (a stage number or name, e.g. --stage 1 or --stage 2B)")
-    return RunInputs(data, load_plan(options.plan).stage(options.stage))
+    return RunInputs(data, load_plan(options.plan).stage(options.stage), extensions)
 
 
 def resolve_config(
@@ -177,17 +183,12 @@ def resolve_config(
     `world_size`/`device` default to this launch; `grow slurm` passes the allocation's and
     `here=False` (the job will run elsewhere: do not check what is installed on this machine).
     """
-    if here and options.attention == "te":
-        from grow_cli.runtime.model import have_transformer_engine
-
-        if not have_transformer_engine():
-            raise GrowError("--attention te needs Transformer Engine, which is not installed; use --attention sdpa")
     if device is None:
         from grow_cli.runtime.device import device_policy
 
         device = device_policy()
     world_size = env.world_size() if world_size is None else world_size
-    inputs = load_inputs(options)
+    inputs = load_inputs(options, here)
     config = resolve(options, inputs, world_size=world_size, device=device)
     if config.init is not None:
         check_init_checkpoint(config.init, config.shape, inputs.data)
@@ -231,6 +232,8 @@ def check_options(options: PretrainOptions) -> None:
         raise GrowError(f"--attention {options.attention!r}: choose one of {', '.join(ATTENTION_BACKENDS)}")
     if options.init is not None and options.from_scratch:
         raise GrowError("--init and --from-scratch contradict each other; drop one")
+    if options.micro_batch is not None and options.gpu is not None:
+        raise GrowError("--gpu sizes the micro batch from memory, --micro-batch pins it; drop one")
 
 
 def _shape_from_flags(options: PretrainOptions, vocab: int, tp: int, pp: int) -> tuple[str, float, ModelShape]:
@@ -336,7 +339,10 @@ def resolve(options: PretrainOptions, inputs: RunInputs, *, world_size: int, dev
     layout = Layout(tp, pp, world_size // (tp * pp))
 
     global_batch = options.global_batch or (stage.global_batch if stage else DEFAULT_GLOBAL_BATCH)
-    micro_batch = options.micro_batch or (stage.micro_batch if stage else DEFAULT_MICRO_BATCH)
+    if options.gpu is not None:
+        micro_batch = _micro_batch_for(options.gpu, shape, layout, global_batch)
+    else:
+        micro_batch = options.micro_batch or (stage.micro_batch if stage else DEFAULT_MICRO_BATCH)
     if global_batch % (micro_batch * layout.dp):
         raise GrowError(
             f"global batch {global_batch} is not a multiple of micro batch {micro_batch} x DP {layout.dp}; "
@@ -360,11 +366,16 @@ def resolve(options: PretrainOptions, inputs: RunInputs, *, world_size: int, dev
         sequence_parallel = options.sequence_parallel
     else:
         sequence_parallel = device.default_sequence_parallel and options.attention == "te"
+    if options.attention == "te" and inputs.extensions is not None and not inputs.extensions.te:
+        raise GrowError("--attention te needs Transformer Engine, which is not installed; use --attention sdpa")
+    dtype = options.dtype or device.dtype
+    batch = BatchSettings(global_batch, micro_batch, train_iters)
+    facts = RunFacts(layout, dtype, batch.microbatches(layout.dp), options.distributed_optimizer)
     return TrainConfig(
-        model=ModelSettings(shape, name, float(nominal), options.attention, options.dtype or device.dtype, options.recompute),
+        model=ModelSettings(shape, name, float(nominal), options.attention, dtype, options.recompute),
         parallel=ParallelSettings(layout, bool(sequence_parallel and tp > 1), options.distributed_optimizer),
         optimizer=OptimizerSettings(lr, min_lr, warmup, options.weight_decay, clip_grad=options.clip_grad),
-        batch=BatchSettings(global_batch, micro_batch, train_iters),
+        batch=batch,
         intervals=IntervalSettings(
             options.log_interval, options.eval_interval, options.eval_iters, options.save_interval,
             options.keep_last, options.exit_interval,
@@ -378,4 +389,20 @@ def resolve(options: PretrainOptions, inputs: RunInputs, *, world_size: int, dev
         plan=str(Path(options.plan).resolve()) if options.plan else None,
         peak_tflops=options.peak_tflops,
         quiet=options.quiet,
+        speed=resolve_speed(options, device, inputs.extensions, facts),
     )
+
+
+def _micro_batch_for(gpu: str, shape: ModelShape, layout: Layout, global_batch: int) -> int:
+    """The largest micro batch whose planned memory (planning/memory.py) fits `gpu`'s usable memory."""
+    from grow_cli.planning.hardware import gpu_spec
+    from grow_cli.planning.memory import largest_micro_batch
+
+    spec = gpu_spec(gpu)
+    micro = largest_micro_batch(shape, layout, global_batch, spec.usable_gib)
+    if micro is None:
+        raise GrowError(
+            f"not even micro batch 1 fits {spec.description} ({spec.usable_gib:.0f} GiB usable) at {layout.describe()}; "
+            "raise --tp or --pp, or lower --seq-len"
+        )
+    return micro

@@ -1,8 +1,9 @@
 """The model, optimizer and schedule of a run, and one training or validation step.
 
 Built the way Megatron-LM's `pretrain` builds them, with megatron-core as a library:
-GPTModel (this rank's pipeline stage) -> Float16Module (bf16) -> DistributedDataParallel (fp32
-gradient buffers, overlapped reduce on GPU, distributed optimizer) -> megatron optimizer ->
+GPTModel (this rank's pipeline stage, with the run's fusions) -> Float16Module (bf16) ->
+DistributedDataParallel (gradient buffers, overlapped reduce and weight gather as
+`config.speed.grad_sync` says, distributed optimizer) -> megatron optimizer ->
 OptimizerParamScheduler. The TransformerConfig carries the hooks the schedules call:
 `grad_scale_func`, `no_sync_func`/`grad_sync_func` and `finalize_model_grads_func` (DP
 all-reduce or reduce-scatter, pipeline embedding sync, per-token gradient normalisation).
@@ -16,6 +17,7 @@ ranks and pipeline stages, so every rank holds the same numbers.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +47,7 @@ class Engine:
 
     def __init__(self, config: TrainConfig, runtime: Runtime, objective: Objective, load_init: bool = True):
         """`load_init=False` skips `config.init` (a resumed run restores its own checkpoint)."""
-        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+        from megatron.core.distributed import DistributedDataParallel, finalize_model_grads
         from megatron.core.pipeline_parallel import get_forward_backward_func
         from megatron.core.transformer.module import Float16Module
 
@@ -61,7 +63,7 @@ class Engine:
         recompute = None if config.model.recompute == "none" else config.model.recompute
         self.gpt = build_gpt_model(
             config.shape, runtime.layout, dtype=dtype, attention=config.model.attention, recompute=recompute,
-            sequence_parallel=config.parallel.sequence_parallel,
+            sequence_parallel=config.parallel.sequence_parallel, fusions=config.speed.fusions,
         )
         if config.init is not None and load_init:
             from grow_cli.checkpoint.model_io import load_model_weights
@@ -69,11 +71,7 @@ class Engine:
             load_model_weights(self.gpt, config.init, expect_shape=config.shape)
         transformer_config = self.gpt.config
         module = Float16Module(transformer_config, self.gpt) if dtype == torch.bfloat16 else self.gpt
-        ddp_config = DistributedDataParallelConfig(
-            grad_reduce_in_fp32=True,
-            overlap_grad_reduce=runtime.policy.overlap_grad_reduce,
-            use_distributed_optimizer=config.parallel.distributed_optimizer,
-        )
+        ddp_config = config.speed.grad_sync.ddp_config(config.parallel.distributed_optimizer)
         self.model = DistributedDataParallel(config=transformer_config, ddp_config=ddp_config, module=module)
         self.optimizer = build_optimizer(config, [self.model])
         self.scheduler = build_scheduler(config, self.optimizer)
@@ -85,6 +83,24 @@ class Engine:
             transformer_config.grad_sync_func = self.model.start_grad_sync
         self._forward_backward = get_forward_backward_func()
         self.device = runtime.device
+
+    @contextmanager
+    def settled_weights(self):
+        """Weights all-gathered for validation or a checkpoint, as Megatron-LM does it.
+
+        With --overlap-param-gather the updated weight shards are gathered lazily, bucket by
+        bucket, by forward pre-hooks of the next training step; until then the model holds
+        stale weights on the other ranks' shards. Inside this block the hooks are off and the
+        gather has been done synchronously.
+        """
+        if not self.model.use_forward_hook:
+            yield
+            return
+        self.model.disable_forward_pre_hook(param_sync=True)
+        try:
+            yield
+        finally:
+            self.model.enable_forward_pre_hook()
 
     # ---- steps -------------------------------------------------------------------------
     def _forward_step(self, data_iterator, model):

@@ -197,6 +197,8 @@ class _Run:
             step = self.engine.train_step(batches)
             seconds = time.perf_counter() - started
             self._advance(seconds)
+            if self.state.iteration == self.start_iteration + 1:
+                self._note_kernels()
             interval.add(step, seconds)
             iteration = self.state.iteration
             self.log.step(iteration)
@@ -217,6 +219,14 @@ class _Run:
                 self.log.note(f"--exit-interval {intervals.exit}: saved and stopped at iteration {iteration}")
                 return "stopped", interval if interval.steps else last
         return "completed", last
+
+    def _note_kernels(self) -> None:
+        """After the first step: which kernels ran (SDPA picks its backend per call)."""
+        from grow_cli.runtime.attention import backends_used
+
+        sdpa = backends_used(self.engine.gpt)
+        attention = f"sdpa ({'/'.join(sdpa)})" if sdpa else self.config.model.attention
+        self.log.note(f"kernels: attention {attention}, {self.config.speed.describe()}")
 
     def _advance(self, seconds: float) -> None:
         state = self.state
@@ -268,8 +278,9 @@ class _Run:
         batches = self._sample_batches(self.valid_ds, 0)
         sums: dict[str, float] = {}
         counts: dict[str, float] = {}
-        for _ in range(self.config.intervals.eval_iters):
-            step = self.engine.eval_step(batches)
+        with self.engine.settled_weights():
+            steps = [self.engine.eval_step(batches) for _ in range(self.config.intervals.eval_iters)]
+        for step in steps:
             for name in step.sums:
                 sums[name] = sums.get(name, 0.0) + step.sums[name]
                 counts[name] = counts.get(name, 0.0) + step.counts[name]
@@ -282,7 +293,8 @@ class _Run:
         if self.saved_at == self.state.iteration:
             return
         started = time.perf_counter()
-        path = save_train_checkpoint(self.config, self.engine, self.state, self.info)
+        with self.engine.settled_weights():
+            path = save_train_checkpoint(self.config, self.engine, self.state, self.info)
         self.saved_at = self.state.iteration
         self.saved_path = path
         self.log.note(f"saved checkpoint {path} ({time.perf_counter() - started:.1f} s)")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 from grow_cli.options import option
+from grow_cli.runtime.fusions import CROSS_ENTROPY
 from grow_cli.shape import DEFAULT_SEQ_LEN
 from grow_cli.training.slurm import SlurmJob
 
@@ -23,6 +24,7 @@ MODEL = "Model (a plan stage, or --size / shape flags)"
 RUN = "Data, output and length"
 OPT = "Optimisation"
 PAR = "Parallelism and precision"
+SPEED = "Speed (fused kernels, overlap, micro batch from memory)"
 LOG = "Logging and checkpoints"
 SLURM = "SLURM job"
 
@@ -82,6 +84,41 @@ class PretrainOptions:
     peak_tflops: Annotated[
         Optional[float], option("--peak-tflops", "Peak dense TFLOP/s per device for MFU (default: known GPUs).", PAR)
     ] = None
+    gpu: Annotated[
+        Optional[str],
+        option("--gpu", "Without --micro-batch: the largest micro batch whose planned memory fits this GPU (h100, h200, a100).", SPEED),
+    ] = None
+    fused_swiglu: Annotated[
+        Optional[bool], option("--fused-swiglu/--no-fused-swiglu", "megatron's torch.compile'd SwiGLU (default: on on GPU, off on CPU).", SPEED)
+    ] = None
+    cross_entropy: Annotated[
+        Optional[str],
+        option("--cross-entropy", f"Loss kernel: {', '.join(CROSS_ENTROPY)} (default: te with Transformer Engine, else native on GPU, plain on CPU).", SPEED),
+    ] = None
+    rope_fusion: Annotated[
+        Optional[bool], option("--rope-fusion/--no-rope-fusion", "Transformer Engine's fused rotary embedding (default: on with TE on GPU).", SPEED)
+    ] = None
+    grad_accum_fusion: Annotated[
+        Optional[bool],
+        option("--grad-accum-fusion/--no-grad-accum-fusion", "Weight-gradient GEMM accumulates into the fp32 gradient (TE or Apex; default: on where available).", SPEED),
+    ] = None
+    overlap_grad_reduce: Annotated[
+        Optional[bool], option("--overlap-grad-reduce/--no-overlap-grad-reduce", "Reduce gradients during backward (default: on on GPU).", SPEED)
+    ] = None
+    overlap_param_gather: Annotated[
+        Optional[bool],
+        option("--overlap-param-gather/--no-overlap-param-gather", "Distributed optimizer: gather updated weights during the next forward (default: on on GPU with DP > 1).", SPEED),
+    ] = None
+    bucket_size: Annotated[
+        Optional[int], option("--bucket-size", "Parameters per gradient-reduce bucket (default: megatron's max(40M, 1M x DP)).", SPEED)
+    ] = None
+    grad_dtype: Annotated[
+        Optional[str],
+        option("--grad-dtype", "Gradient buffer and reduction dtype, fp32 or bf16 (default: bf16 only where it is exact, see docs/training.md).", SPEED),
+    ] = None
+    compile: Annotated[
+        bool, option("--compile/--no-compile", "torch.compile each transformer layer (default off: unmeasured, see docs/benchmarks.md).", SPEED)
+    ] = False
     log_interval: Annotated[int, option("--log-interval", "Log every N steps.", LOG)] = 10
     eval_interval: Annotated[int, option("--eval-interval", "Validate every N steps (and at the end).", LOG)] = 1000
     eval_iters: Annotated[int, option("--eval-iters", "Global batches of validation data per validation.", LOG)] = 10
