@@ -3,7 +3,8 @@
 
 Loop order: teacher-token tiles, then vocabulary tiles, then the K student layers. A teacher tile
 is computed once and serves all K layers, so the teacher's matmul work is T·V·h_t, not N·V·h_t.
-Matmuls run in the input dtype (as the model's output layer does); everything after is float32.
+Logits come from a matmul in the input dtype (as the model's output layer does); everything after,
+including the gradients' sums, is float32.
 """
 
 from __future__ import annotations
@@ -95,7 +96,9 @@ def gradients(problem: Problem, norm: Normalisers, grad_loss: torch.Tensor, toke
     for tokens, vocab, u in _tiles(problem, token_chunk, vocab_chunk):
         for rows in _student_rows(problem, tokens):
             z = (problem.hidden[rows] @ problem.head[vocab].T).float()
-            dz = (_logit_grad(problem, z, u, rows, tokens, vocab, norm) * grad_loss[rows, None]).to(dtype)
-            grad_hidden[rows] += (dz @ problem.head[vocab]).float()
-            grad_head[vocab] += (dz.T @ problem.hidden[rows]).float()
+            # dz rounds to the input dtype like a bf16 backward's would; the products then sum in
+            # float32 across tiles (bf16 operands multiply exactly in fp32), as the kernel does.
+            dz = (_logit_grad(problem, z, u, rows, tokens, vocab, norm) * grad_loss[rows, None]).to(dtype).float()
+            grad_hidden[rows] += dz @ problem.head[vocab].float()
+            grad_head[vocab] += dz.T @ problem.hidden[rows].float()
     return grad_hidden, grad_head
