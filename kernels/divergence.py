@@ -10,6 +10,7 @@ teacher's logits are recomputed per tile too and get no gradient.
 
 from __future__ import annotations
 
+import importlib.util
 from types import ModuleType
 
 import torch
@@ -49,7 +50,8 @@ def linear_divergence(
             statistics, and the gradient of `hidden` is all-reduced in backward: pass the
             replicated hidden states directly, not through a copy-to-model-parallel region.
         token_chunk, vocab_chunk: reference tile sizes; they bound memory, not the result.
-        backend: "triton" or "reference"; default Triton on CUDA, the reference elsewhere.
+        backend: "triton" or "reference" (tests and benchmarks); default Triton on CUDA, the
+            reference elsewhere.
     """
     if token_chunk < 1 or vocab_chunk < 1:
         raise ValueError("token_chunk and vocab_chunk must be positive")
@@ -63,8 +65,8 @@ def linear_divergence(
 
 def _backend(name: str | None, device: torch.device) -> ModuleType:
     """The module providing `partials(problem, *tiles)` and `gradients(problem, norm, g, *tiles)`."""
-    if name is None:
-        name = "triton" if device.type == "cuda" else "reference"
+    if name is None:  # a CUDA machine without triton (not the `gpu` extra) still gets the reference
+        name = "triton" if device.type == "cuda" and importlib.util.find_spec("triton") is not None else "reference"
     if name == "triton":
         from grow_kernels import triton_backend
 

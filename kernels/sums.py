@@ -43,24 +43,26 @@ class Partials:
 
     @classmethod
     def empty(cls, problem: Problem) -> Partials:
-        """The identity of the online update: max -inf, sums 0."""
-        device, rows, tokens = problem.hidden.device, problem.rows, problem.tokens
-        teacher_rows = tokens if problem.has_teacher else 0
-        neg_inf = lambda n: torch.full((n,), float("-inf"), device=device)  # noqa: E731
-        zeros = lambda n: torch.zeros(n, device=device)  # noqa: E731
+        """The identity of the online update: maxima -inf, sums 0 (no teacher rows without one)."""
+        device = problem.hidden.device
+        rows, teacher_rows = problem.rows, problem.tokens if problem.has_teacher else 0
+
+        def filled(count: int, value: float) -> torch.Tensor:
+            return torch.full((count,), value, device=device)
+
         return cls(
-            z_max=neg_inf(rows), z_sum=zeros(rows), z_dot=zeros(rows),
-            best=torch.zeros(rows, dtype=torch.long, device=device), target=zeros(rows),
-            z_cross=zeros(rows), u_cross=zeros(rows),
-            u_max=neg_inf(teacher_rows), u_sum=zeros(teacher_rows), u_dot=zeros(teacher_rows),
+            z_max=filled(rows, float("-inf")), z_sum=filled(rows, 0.0), z_dot=filled(rows, 0.0),
+            best=torch.zeros(rows, dtype=torch.long, device=device), target=filled(rows, 0.0),
+            z_cross=filled(rows, 0.0), u_cross=filled(rows, 0.0),
+            u_max=filled(teacher_rows, float("-inf")), u_sum=filled(teacher_rows, 0.0), u_dot=filled(teacher_rows, 0.0),
         )
 
 
 def combine(partials: Partials, group: dist.ProcessGroup | None) -> Partials:
-    """Full-vocabulary sums from every shard's (in place of nothing: returns new tensors).
+    """The full-vocabulary sums from every shard's (new tensors; one shard: `partials` itself).
 
-    Argmax: the global maximum's smallest id among the shards that reach it, as torch.argmax
-    picks the first maximum."""
+    The argmax is the smallest id among the shards that reach the global maximum, as
+    torch.argmax picks the first maximum."""
     if group is None or dist.get_world_size(group) == 1:
         return partials
     p = partials
@@ -69,8 +71,8 @@ def combine(partials: Partials, group: dist.ProcessGroup | None) -> Partials:
     dist.all_reduce(u_max, op=dist.ReduceOp.MAX, group=group)
     z_scale = torch.exp(p.z_max - z_max)
     u_scale = torch.exp(p.u_max - u_max)
-    layers = p.z_max.numel() // max(u_max.numel(), 1)
-    u_scale_rows = u_scale.repeat(layers) if u_max.numel() else torch.zeros_like(z_scale)
+    # u_cross is per student row but shifted by its teacher row's maximum (row n -> n mod T).
+    u_scale_rows = u_scale.repeat(p.z_max.numel() // u_scale.numel()) if u_scale.numel() else torch.zeros_like(z_scale)
     row_sums = torch.stack([p.z_sum * z_scale, p.z_dot * z_scale, p.z_cross * z_scale, p.u_cross * u_scale_rows, p.target])
     teacher_sums = torch.stack([p.u_sum * u_scale, p.u_dot * u_scale])
     dist.all_reduce(row_sums, group=group)
