@@ -3,7 +3,7 @@
 Same random megatron GPTModel (GPT-2 vocabulary, 50257 words), same tokens, same captured
 residual stream; only the lens differs. Each measurement runs in a fresh subprocess:
 
-* stream: `grow_cli.evaluation.lens.LogitLens` (kernels.lens.lens_stats: token x vocabulary
+* stream: `grow_cli.evaluation.lens.LogitLens` (grow_kernels.linear_divergence: token x vocabulary
   tiles, online log-sum-exp), what `grow eval` runs;
 * naive:  every state's logits materialised as one [L + 1, T, V] tensor, then log-softmax,
   accuracy, entropy and KL(final ‖ layer) in plain PyTorch.

@@ -1,10 +1,13 @@
 """Performance-critical operations, each defined by a PyTorch reference implementation.
 
-Every kernel here is one function whose PyTorch path is the specification: it is what runs on
-CPU, what the tests check against a naive implementation, and what any fused GPU kernel behind
-the same function must reproduce. See kernels/README.md.
+Imported as `grow_kernels` (the folder is kernels/; see docs/CONTRIBUTING.md, "The kernels
+package"): a distribution named `kernels` exists on PyPI, and grow must never import it. Every
+op here is one function whose PyTorch path is the specification: it runs on CPU, the tests check
+it against a naive implementation, and the fused GPU kernel behind the same function must
+reproduce it. See kernels/README.md.
 """
 
-from kernels.lens import LensStats, lens_stats
+from grow_kernels.divergence import linear_divergence
+from grow_kernels.sums import TokenStats
 
-__all__ = ["LensStats", "lens_stats"]
+__all__ = ["TokenStats", "linear_divergence"]

@@ -14,6 +14,12 @@ os.environ.setdefault("GROW_ASSETS", str(REPO / ".cache" / "assets"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Without a GPU, Triton kernels run in Triton's interpreter (tests/test_kernels_divergence.py). Triton
+# reads this when it is imported, and megatron-core imports it, so it is set before any test module.
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def run_ranks(args: list[str], nproc: int = 2, timeout: int = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -1,12 +1,13 @@
-"""kernels.lens.lens_stats (the streamed logit lens) against a naive version that materialises
-every layer's logits."""
+"""grow eval's logit lens through the fused op (grow_kernels.linear_divergence: every layer against the
+labels and against a reference layer as teacher) against a naive version that materialises every
+layer's logits."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from kernels.lens import lens_stats
+from grow_cli.evaluation.lens import lens_stats
 
 
 def naive(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, reference: int = -1):
@@ -56,13 +57,13 @@ def test_ties_pick_the_first_index_like_argmax():
 def test_single_layer_and_shape_errors():
     hidden = torch.randn(5, 8)
     weight = torch.randn(20, 8)
-    stats = lens_stats(hidden, weight, torch.arange(5), vocab_chunk=6)
+    stats = lens_stats(hidden[None], weight, torch.arange(5), vocab_chunk=6)
     assert stats.nll.shape == (1, 5)
     torch.testing.assert_close(stats.nll[0], torch.nn.functional.cross_entropy(hidden @ weight.T, torch.arange(5), reduction="none"))
     with pytest.raises(ValueError):
-        lens_stats(hidden, torch.randn(20, 9), torch.arange(5))
+        lens_stats(hidden[None], torch.randn(20, 9), torch.arange(5))
     with pytest.raises(ValueError):
-        lens_stats(hidden, weight, torch.arange(4))
+        lens_stats(hidden[None], weight, torch.arange(4))
 
 
 def test_bf16_inputs_accumulate_in_fp32():

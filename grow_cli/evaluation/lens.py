@@ -6,7 +6,8 @@ accuracy (argmax), entropy of the lens distribution and KL(final ‖ layer). The
 readout scores lm-eval's lambada_openai requests at every state: a document counts as correct at
 layer l when layer l's greedy prediction reproduces every token of the target word.
 
-All statistics come from `kernels.lens.lens_stats`, which streams vocabulary tiles with an online
+All statistics come from the fused op `grow_kernels.linear_divergence` (every state against the
+labels and against the final state as teacher), which streams vocabulary tiles with an online
 log-sum-exp, so [states, tokens, vocab] logits never exist. Under tensor parallelism each rank
 scores a contiguous slice of the tokens against the gathered head and the per-layer sums are
 all-reduced.
@@ -20,7 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from grow_cli.evaluation.forward import EvalModel
-from kernels.lens import lens_stats
+from grow_kernels import TokenStats, linear_divergence
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,18 @@ class LastWordLayer:
     layer: int
     acc: float
     ppl: float
+
+
+def lens_stats(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, reference: int = -1,
+               token_chunk: int = 512, vocab_chunk: int = 8192) -> TokenStats:
+    """Statistics of every state's lens: hidden [S, T, h] (normalised), targets [T]; each field
+    comes back [S, T], `kl` being KL(state `reference`'s lens ‖ each state's lens)."""
+    states, tokens, width = hidden.shape
+    stats = linear_divergence(
+        hidden.reshape(states * tokens, width), weight, labels=targets.repeat(states), teacher_hidden=hidden[reference],
+        teacher_head=weight, direction="forward", token_chunk=token_chunk, vocab_chunk=vocab_chunk,
+    )
+    return TokenStats(*(getattr(stats, name).view(states, tokens) for name in TokenStats.__dataclass_fields__))
 
 
 class _Sums:
