@@ -187,7 +187,7 @@ def test_eval_with_the_models_tokenizer_is_transformers_loss(hf_source, imported
     record = json.loads(proc.stdout)
     tokenizer = hf_source["tokenizer"]
     ids = torch.tensor([tokenizer.encode(text.read_text()) + [tokenizer.eos_id]])
-    assert ids.max() < 50256 < tokenizer.eos_id  # the text's last target is the EOS row 128001
+    assert ids[0, :-1].max() < 50256 and ids[0, -1] == 128001  # the last target is the EOS row, past GPT-2's
     model = LlamaForCausalLM.from_pretrained(hf_source["dir"], dtype=torch.float32).eval()
     with torch.no_grad():
         loss = torch.nn.functional.cross_entropy(model(ids[:, :-1]).logits[0], ids[0, 1:]).item()
