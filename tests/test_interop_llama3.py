@@ -233,6 +233,7 @@ def _configs() -> dict[str, tuple[dict, str]]:
         "qwen3": (Qwen3Config(**small).to_dict(), "qk-norm"),
         "mistral": (MistralConfig(sliding_window=32, **small).to_dict(), "sliding_window=32"),
         "llama_bias": (LlamaConfig(attention_bias=True, **small).to_dict(), "attention_bias=true"),
+        "llama_qk_norm": (LlamaConfig(**small).to_dict() | {"use_qk_norm": True}, "use_qk_norm=true; grow's models have no qk-norm"),
         "yarn": (llama({"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4, "original_max_position_embeddings": 16}),
                  "'yarn' RoPE scaling"),
         "linear": (llama({"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}), "'linear' RoPE scaling"),
