@@ -33,6 +33,28 @@ class ParamCounts:
 
 
 @dataclass(frozen=True)
+class RopeScaling:
+    """Llama 3.x ("llama3") RoPE frequency scaling, as config.json's `rope_scaling` states it.
+
+    Wavelengths shorter than `original_max_position_embeddings / high_freq_factor` keep their
+    frequency, those longer than `original_max_position_embeddings / low_freq_factor` are slowed
+    by `factor`, and the band between is interpolated. It is part of the shape because it is
+    part of the function: a model trained with it computes different logits without it.
+    """
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+
+    def __post_init__(self) -> None:
+        if min(self.factor, self.low_freq_factor, self.original_max_position_embeddings) <= 0:
+            raise GrowError(f"rope scaling {self} needs a positive factor, low_freq_factor and original length")
+        if self.low_freq_factor >= self.high_freq_factor:
+            raise GrowError(f"rope scaling {self} needs low_freq_factor < high_freq_factor")
+
+
+@dataclass(frozen=True)
 class ModelShape:
     """A Llama-style decoder: hidden size, FFN size, depth, heads, KV groups and head dim.
 
@@ -51,6 +73,7 @@ class ModelShape:
     tied_embeddings: bool = False
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None  # None: plain RoPE (records without the field read so)
 
     def __post_init__(self) -> None:
         for name in ("hidden", "ffn", "layers", "heads", "kv_groups", "head_dim", "vocab", "seq_len"):
@@ -134,6 +157,9 @@ class ModelShape:
         unknown = set(data) - known
         if unknown:
             raise GrowError(f"unknown shape fields {sorted(unknown)}; expected {sorted(known)}")
+        scaling = data.get("rope_scaling")
+        if scaling is not None:
+            data = {**data, "rope_scaling": RopeScaling(**scaling)}
         return cls(**data)
 
     def with_(self, **changes) -> "ModelShape":

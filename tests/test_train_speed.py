@@ -22,11 +22,13 @@ from grow_cli.runtime.device import CUDA
 from grow_cli.runtime.fusions import Extensions, Fusions
 from grow_cli.shape import PRESETS
 from grow_cli.training.config import RunInputs, resolve
+from grow_cli.data.tokenizer_record import TokenizerRecord
 from grow_cli.training.options import PretrainOptions
 
 NO_EXTENSIONS = Extensions()
 TE = Extensions(te=True)
-DATA = DataInfo(prefix="/nowhere/d", tokenizer="gpt2", vocab_size=50257, eos_id=0, dtype="uint16", seed=0,
+GPT2 = TokenizerRecord(kind="tiktoken", name="gpt2", vocab_size=50257, eos="<|endoftext|>", eos_id=0)
+DATA = DataInfo(prefix="/nowhere/d", tokenizer=GPT2, dtype="uint16", seed=0,
                 valid_fraction=0.1, sources=(), train=SplitInfo(1, 10**9), valid=SplitInfo(1, 10**6), fingerprint="-")
 
 

@@ -94,6 +94,7 @@ def resolve_target(source: ModelShape, request: TargetRequest, source_stage: str
         tied_embeddings=source.tied_embeddings,
         norm_eps=source.norm_eps,
         rope_theta=source.rope_theta,
+        rope_scaling=source.rope_scaling,
     )
     check_growth(source, target)
     return target, label

@@ -42,6 +42,7 @@ from grow_cli.interop.export import GROW_RECORD
 from grow_cli.interop.hf_config import config_dtype, shape_from_llama_config
 from grow_cli.interop.mapping import GLOBAL_MAP, HF_OUTPUT, VOCAB_KEYS, hf_tensors, hf_to_megatron_layer
 from grow_cli.interop.safetensors_io import SafetensorsDir
+from grow_cli.runtime.model import check_rope_scaling
 from grow_cli.shape import ModelShape
 
 DEFAULT_BLOCK_BYTES = 256 * 2**20
@@ -182,6 +183,7 @@ def import_llama(
     check_not_input(out, source)
     config = read_config(source)
     shape = shape_from_llama_config(config, f"{source}/config.json")
+    check_rope_scaling(shape.rope_scaling, f"{source}/config.json")
     if dtype is not None and dtype not in WEIGHT_DTYPES:
         raise GrowError(f"unknown import dtype {dtype!r}; choose one of {', '.join(WEIGHT_DTYPES)}")
     check_output(out, force, "checkpoint")

@@ -4,6 +4,10 @@ The architecture is Llama's: RMSNorm, SwiGLU, rotary embeddings, no biases, GQA,
 embeddings unless the shape says tied. `attention` picks the core attention: "sdpa" (default,
 flash/cuDNN on GPU), "te" (Transformer Engine's layer spec, when installed) or "local"
 (megatron's reference implementation, which materialises the [s, s] scores).
+
+Llama 3.x RoPE scaling goes through megatron-core's own (`rope_scaling=True`), which takes the
+factor but fixes the other three constants; `check_rope_scaling` reads those from megatron so a
+shape asking for different ones is refused instead of built with the wrong frequencies.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from grow_cli.errors import GrowError
 from grow_cli.layout import Layout
 from grow_cli.runtime.device import device_policy
 from grow_cli.runtime.fusions import Fusions
-from grow_cli.shape import ModelShape
+from grow_cli.shape import ModelShape, RopeScaling
 
 ATTENTION_BACKENDS = ("sdpa", "te", "local")
 
@@ -26,6 +30,37 @@ def have_transformer_engine() -> bool:
     except Exception:
         return False
     return True
+
+
+def megatron_rope_constants() -> dict[str, float]:
+    """The llama3 scaling constants megatron-core builds in (RotaryEmbedding._apply_scaling's
+    defaults; GPTModel passes only the factor)."""
+    import inspect
+
+    from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+
+    parameters = inspect.signature(RotaryEmbedding._apply_scaling).parameters
+    names = ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    return {name: parameters[name].default for name in names}
+
+
+def check_rope_scaling(scaling: RopeScaling | None, where: str) -> None:
+    """GrowError (one line) when megatron-core cannot build `scaling`'s frequencies."""
+    if scaling is None:
+        return
+    fixed = megatron_rope_constants()
+    wrong = [f"{name}={getattr(scaling, name)}" for name, value in fixed.items() if getattr(scaling, name) != value]
+    if wrong:
+        wanted = ", ".join(f"{name}={value}" for name, value in fixed.items())
+        raise GrowError(
+            f"{where} uses llama3 RoPE scaling with {', '.join(wrong)}; megatron-core builds it only with "
+            f"{wanted} (as in Llama 3.1/3.2)"
+        )
+
+
+def _rope_scaling_args(scaling: RopeScaling | None) -> dict:
+    """GPTModel's keyword arguments for `scaling` (none: megatron's plain RoPE)."""
+    return {} if scaling is None else {"rope_scaling": True, "rope_scaling_factor": scaling.factor}
 
 
 def transformer_config(
@@ -126,6 +161,7 @@ def build_gpt_model(
     from megatron.core.models.gpt.gpt_model import GPTModel
 
     shape.check_layout(layout.tp, layout.pp)
+    check_rope_scaling(shape.rope_scaling, "the model shape")
     config = transformer_config(
         shape, layout, dtype=dtype, recompute=recompute, sequence_parallel=sequence_parallel, fusions=fusions
     )
@@ -143,6 +179,7 @@ def build_gpt_model(
         share_embeddings_and_output_weights=shape.tied_embeddings,
         position_embedding_type="rope",
         rotary_base=shape.rope_theta,  # float: imported models may use a non-integer base
+        **_rope_scaling_args(shape.rope_scaling),
     )
     if fusions is not None and fusions.compile:
         for layer in model.decoder.layers:
