@@ -54,18 +54,26 @@ def attention_flops_per_token(shape: ModelShape, causal: bool) -> float:
     return full / 2 if causal else full
 
 
-def megatron_flops_per_token(shape: ModelShape, tp: int = 1) -> float:
-    """Megatron-LM's per-token training FLOPs for a dense Llama-style model.
+def nonembedding_flops_per_token(shape: ModelShape) -> float:
+    """Training FLOPs per token without the vocabulary: DeepSeek LLM's M (Bi et al. 2024, §3.1).
 
-    6·L·[h·(H·d + 2·G·d) + H·d·h] (q, k, v, o) + 6·L·3·h·f (SwiGLU) + 6·h·V_pad (logits)
-    + 6·L·H·d·s (causal attention). RMSNorm, rotary and the softmax are not counted, as in
-    Megatron-LM.
+    6·L·[h·(H·d + 2·G·d) + H·d·h] (q, k, v, o) + 6·L·3·h·f (SwiGLU) + 6·L·H·d·s (causal
+    attention); for their MHA shapes (f = 8h/3) it is their 72·L·h² + 6·L·h·s. The compute
+    C = M·D their batch-size and learning-rate laws are fitted in.
     """
     h, q, kv = shape.hidden, shape.heads * shape.head_dim, shape.kv_groups * shape.head_dim
     projections = 6.0 * shape.layers * (h * (q + 2 * kv) + q * h)
     mlp = 6.0 * shape.layers * 3 * h * shape.ffn
-    logits = 6.0 * h * shape.padded_vocab(tp)
-    return projections + mlp + logits + attention_flops_per_token(shape, causal=True)
+    return projections + mlp + attention_flops_per_token(shape, causal=True)
+
+
+def megatron_flops_per_token(shape: ModelShape, tp: int = 1) -> float:
+    """Megatron-LM's per-token training FLOPs for a dense Llama-style model.
+
+    The non-embedding FLOPs (projections, SwiGLU, causal attention) + 6·h·V_pad (logits).
+    RMSNorm, rotary and the softmax are not counted, as in Megatron-LM.
+    """
+    return nonembedding_flops_per_token(shape) + 6.0 * shape.hidden * shape.padded_vocab(tp)
 
 
 def flops_per_token(convention: str, shape: ModelShape, nominal_params: float, tp: int = 1) -> float:

@@ -176,6 +176,18 @@ PRESETS: dict[str, ModelShape] = {
 
 FFN_RATIO = 3.5  # the presets' FFN / hidden
 
+# Auto-shaped sizes from TP_FRIENDLY_FROM up get head counts (and FFN) divisible by TP_FRIENDLY,
+# so one shape runs at TP 1, 2, 4 and 8: a cluster team picks TP from memory (a 70B needs TP 8
+# with PP on 80 GB GPUs), and the shape must not decide it. 8 is one node's NVLink domain; a
+# larger --tp is honoured through lcm(8, tp). Smaller models fit one GPU and keep fine steps.
+TP_FRIENDLY = 8
+TP_FRIENDLY_FROM = 1e9
+
+
+def tp_multiple(n_nonembedding: float, tp: int = 1) -> int:
+    """What an auto-shaped size's heads and FFN/64 are multiples of: TP, and 8 from 1B up."""
+    return math.lcm(tp, TP_FRIENDLY) if n_nonembedding >= TP_FRIENDLY_FROM else tp
+
 
 def _head_dim_for(hidden: float) -> int:
     """Head dim 128 at scale, smaller for tiny models so they still have several heads."""
@@ -206,31 +218,41 @@ def auto_shape(
     tied_embeddings: bool = False,
     head_dim: int | None = None,
     pp: int = 1,
+    floor: "ModelShape | None" = None,
 ) -> ModelShape:
     """Propose a Llama-style shape with about `n_nonembedding` non-embedding parameters.
 
-    Follows the presets' proportions: FFN = 3.5 x hidden (rounded to a multiple of 64 x TP),
-    hidden a whole number of heads (a multiple of head_dim x TP so heads divide by TP), and the
-    depth chosen to land closest to the requested size. `kv_groups=None` means multi-head.
-    `head_dim=None` picks one by size; a series passes its own so every member grows by whole
-    heads. Depth is a multiple of `pp` so the layers split evenly over pipeline stages.
+    Follows the presets' proportions: FFN = 3.5 x hidden (rounded to a multiple of 64 x m),
+    hidden a whole number of heads (a multiple of head_dim x m so heads divide by m, and by the
+    KV groups), and the depth chosen to land closest to the requested size; m is
+    `tp_multiple(n, tp)`, so from 1B up the shape runs at every TP dividing 8. `kv_groups=None`
+    means multi-head. `head_dim=None` picks one by size; a series passes its own so every member
+    grows by whole heads. Depth is a multiple of `pp` so the layers split evenly over pipeline
+    stages. `floor` is the shape this one grows from: hidden, FFN, heads and depth never fall
+    below it (coarse TP-friendly widths could otherwise trade a layer for a wider hidden).
     """
     if not 1e5 <= n_nonembedding <= 1e13:
         raise GrowError(f"size {format_count(n_nonembedding)} is outside the supported 100K-10T range")
     per_layer_coeff = 4 + 3 * FFN_RATIO  # params per layer / hidden^2 for MHA
     hidden_guess = (n_nonembedding * _aspect_for(n_nonembedding) / per_layer_coeff) ** (1 / 3)
     head_dim = _head_dim_for(hidden_guess) if head_dim is None else head_dim
-    step = head_dim * tp
+    multiple = tp_multiple(n_nonembedding, tp)
+    step = head_dim * math.lcm(multiple, kv_groups or 1)
     best: tuple[float, ModelShape] | None = None
-    for hidden in {max(step, int(round(hidden_guess / step)) * step + k * step) for k in (-1, 0, 1)}:
+    least = step if floor is None else max(step, math.ceil(floor.hidden / step) * step)
+    for hidden in {max(least, int(round(hidden_guess / step)) * step + k * step) for k in (-1, 0, 1)}:
         heads = hidden // head_dim
         groups = heads if kv_groups is None else kv_groups
         if heads % groups or (groups % tp and tp % groups):
             continue
-        ffn_step = 64 * tp if hidden >= 256 else 16 * tp
+        ffn_step = 64 * multiple if hidden >= 256 else 16 * multiple
         ffn = max(ffn_step, int(round(FFN_RATIO * hidden / ffn_step)) * ffn_step)
+        if floor is not None:
+            ffn = max(ffn, math.ceil(floor.ffn / ffn_step) * ffn_step)
         probe = ModelShape(hidden, ffn, 1, heads, groups, head_dim, vocab, seq_len, tied_embeddings)
         layers = max(1, int(round((n_nonembedding - hidden) / probe.layer_params() / pp))) * pp
+        if floor is not None:
+            layers = max(layers, math.ceil(floor.layers / pp) * pp)
         shape = probe.with_(layers=layers)
         error = abs(math.log(shape.param_counts().nonembedding / n_nonembedding))
         aspect_error = abs(math.log(hidden / layers / _aspect_for(n_nonembedding)))
@@ -273,26 +295,33 @@ def resolve_shape(
     use_presets: bool = True,
     head_dim: int | None = None,
     pp: int = 1,
+    kv_groups: int | None = None,
+    floor: ModelShape | None = None,
 ) -> tuple[str, float, ModelShape]:
     """Turn a size name into (canonical name, nominal size, shape): presets first, else auto.
 
     The nominal size is what the name says ("8B" -> 8e9); the reference FLOP accounting uses it.
     `use_presets=False` auto-shapes every size (to fit `tp`/`pp`); `head_dim` and `pp` only
-    steer auto-shaped sizes.
+    steer auto-shaped sizes. `kv_groups` regroups a preset's heads (a GrowError if they do not
+    split) and shapes an auto-shaped size around them; None keeps multi-head attention.
+    `floor` (an auto-shaped size's predecessor in a series) is passed to `auto_shape`.
     """
     nominal = parse_count(name, "model size")
     canonical = size_name(nominal)
     preset = PRESETS.get(canonical) if use_presets else None
     if preset is not None:
-        shape = preset.with_(vocab=vocab, seq_len=seq_len, tied_embeddings=tied_embeddings)
+        groups = {} if kv_groups is None else {"kv_groups": kv_groups}
+        shape = preset.with_(vocab=vocab, seq_len=seq_len, tied_embeddings=tied_embeddings, **groups)
     else:
         shape = auto_shape(
             nominal,
             tp=tp,
+            kv_groups=kv_groups,
             vocab=vocab,
             seq_len=seq_len,
             tied_embeddings=tied_embeddings,
             head_dim=head_dim,
             pp=pp,
+            floor=floor,
         )
     return canonical, nominal, shape

@@ -47,6 +47,12 @@ def plan_command(
         help="Auto-shape sizes whose 1B/2B/4B/8B preset does not fit --tp/--pp (e.g. 4B's 25 heads at TP 2).",
         rich_help_panel="Series",
     ),
+    kv_groups: str = typer.Option(
+        "auto",
+        "--kv-groups",
+        help="KV groups: auto (8 groups when the largest model is at least 7B, else multi-head; presets stay), mha, or N.",
+        rich_help_panel="Series",
+    ),
     seq_len: int = typer.Option(1024, "--seq-len", help="Sequence length.", rich_help_panel="Series"),
     vocab: Optional[int] = typer.Option(None, "--vocab", help="Vocabulary size (default: --data's tokenizer, else GPT-2 BPE's 50257).", rich_help_panel="Series"),
     data: Optional[str] = typer.Option(None, "--data", help="Prepared data prefix (grow data prepare): the vocabulary is its tokenizer's.", rich_help_panel="Series"),
@@ -70,16 +76,22 @@ def plan_command(
     law: str = typer.Option(
         "besiroglu2024", "--law", help="Scaling law for predicted loss: besiroglu2024 | hoffmann2022.", rich_help_panel="Budget"
     ),
-    lr_ladder: str = typer.Option(
-        "reference",
+    lr_ladder: Optional[str] = typer.Option(
+        None,
         "--lr-ladder",
-        help="Peak LR per stage: reference (1B 1.5e-3 … 8B 3e-4, log-log in size), a fixed rate 3e-4, or FIRST:LAST.",
+        help="Peak LR per stage: reference (1B 1.5e-3 … 8B 3e-4, log-log in size), a fixed rate 3e-4, or FIRST:LAST "
+        "(default: reference for the 1B-8B series, else DeepSeek LLM's law of each stage's compute).",
         rich_help_panel="Schedule",
     ),
     min_lr_ratio: float = typer.Option(0.1, "--min-lr-ratio", help="Final LR as a fraction of the peak.", rich_help_panel="Schedule"),
     warmup_fraction: float = typer.Option(0.01, "--warmup-fraction", help="Warmup as a fraction of the stage's iterations.", rich_help_panel="Schedule"),
     warmup_min: int = typer.Option(100, "--warmup-min", help="Fewest warmup iterations (at most half the stage).", rich_help_panel="Schedule"),
-    global_batch: int = typer.Option(512, "--global-batch", help="Sequences per optimizer step.", rich_help_panel="Schedule"),
+    global_batch: Optional[int] = typer.Option(
+        None,
+        "--global-batch",
+        help="Sequences per optimizer step (default: 512 for the 1B-8B series, else DeepSeek LLM's law per stage).",
+        rich_help_panel="Schedule",
+    ),
     micro_batch: int = typer.Option(1, "--micro-batch", help="Sequences per GPU per forward pass.", rich_help_panel="Schedule"),
     tp: int = typer.Option(1, "--tp", help="Tensor-parallel size.", rich_help_panel="Hardware"),
     pp: int = typer.Option(1, "--pp", help="Pipeline-parallel size.", rich_help_panel="Hardware"),
@@ -140,6 +152,7 @@ def plan_command(
             vocab=vocab,
             tied=tied,
             auto_shapes=auto_shapes,
+            kv_groups=kv_groups,
             layout=_layout(tp, pp, dp, gpus),
             gpu=gpu.lower(),
             mfu=mfu,

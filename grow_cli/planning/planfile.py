@@ -41,10 +41,11 @@ class PlanRequest:
     layout: Layout = field(default_factory=Layout)
     gpu: str = "h100"
     mfu: float = PLANNED_MFU
-    global_batch: int = 512  # sequences per optimizer step
+    global_batch: int | None = None  # sequences per optimizer step; None: per stage (planning/hyperparams.py)
     micro_batch: int = 1
     law: str = "besiroglu2024"
-    lr_ladder: str = "reference"
+    lr_ladder: str | None = None  # None: per stage (planning/hyperparams.py)
+    kv_groups: str = "auto"  # auto | mha | N (planning/attention.py)
     schedule: ScheduleRule = field(default_factory=ScheduleRule)
     fixed_data: bool = False
     flops_convention: str = "reference"

@@ -11,8 +11,10 @@ from dataclasses import asdict
 
 from grow_cli.errors import GrowError
 from grow_cli.planning.budget import fixed_corpus_use, progressive_budgets
-from grow_cli.flops import check_convention, flops_per_token, megatron_flops_per_token
+from grow_cli.flops import check_convention, flops_per_token, megatron_flops_per_token, nonembedding_flops_per_token
+from grow_cli.planning.attention import KVGroupsRule
 from grow_cli.planning.hardware import check_mfu, gpu_spec
+from grow_cli.planning.hyperparams import HyperparamRule
 from grow_cli.planning.laws import get_law
 from grow_cli.planning.lr import LRLadder
 from grow_cli.planning.memory import check_batch, estimate_memory
@@ -30,13 +32,16 @@ def check_request(request: PlanRequest) -> None:
     check_mfu(request.mfu)
     gpu_spec(request.gpu)
     get_law(request.law)
-    LRLadder.parse(request.lr_ladder)
+    if request.lr_ladder is not None:
+        LRLadder.parse(request.lr_ladder)
+    KVGroupsRule.parse(request.kv_groups)
     if request.seq_len <= 0 or request.vocab <= 0:
         raise GrowError(f"--seq-len ({request.seq_len}) and --vocab ({request.vocab}) must be positive")
     for name in ("tp", "pp", "dp"):
         if getattr(request.layout, name) < 1:
             raise GrowError(f"--{name} must be at least 1, got {getattr(request.layout, name)}")
-    check_batch(request.global_batch, request.micro_batch, request.layout.dp)
+    if request.global_batch is not None:
+        check_batch(request.global_batch, request.micro_batch, request.layout.dp)
 
 
 def build_plan(request: PlanRequest) -> Plan:
@@ -51,6 +56,7 @@ def build_plan(request: PlanRequest) -> Plan:
         seq_len=request.seq_len,
         tied=request.tied,
         auto_shapes=request.auto_shapes,
+        kv_groups=request.kv_groups,
     )
     names = [m.name for m in members]
     per_token = [flops_per_token(request.flops_convention, m.shape, m.nominal, layout.tp) for m in members]
@@ -58,17 +64,19 @@ def build_plan(request: PlanRequest) -> Plan:
     budgets = progressive_budgets(names, per_token, scratch_tokens)
     corpus = scratch_tokens[-1] if request.fixed_data else None
     data_use = fixed_corpus_use([b.tokens_incremental for b in budgets], corpus) if corpus else None
-    # four significant digits: what an LR in a config file looks like, without float dust
-    rates = [float(f"{r:.4g}") for r in LRLadder.parse(request.lr_ladder).rates([m.nominal for m in members])]
+    rule = HyperparamRule.of(names, request.global_batch, request.lr_ladder)
+    computes = [nonembedding_flops_per_token(m.shape) * d for m, d in zip(members, scratch_tokens)]
+    chosen = rule.stages([m.nominal for m in members], computes, request.seq_len, request.micro_batch, layout.dp)
     law, gpu = get_law(request.law), gpu_spec(request.gpu)
 
     stages, hours_scratch = [], []
-    for i, (member, budget, lr) in enumerate(zip(members, budgets, rates)):
+    for i, (member, budget, hyper) in enumerate(zip(members, budgets, chosen)):
         counts = member.shape.param_counts(member.shape.padded_vocab(layout.tp))
-        iters = iterations_for(budget.tokens_incremental, request.global_batch, member.shape.seq_len)
+        lr, global_batch = hyper.lr, hyper.global_batch
+        iters = iterations_for(budget.tokens_incremental, global_batch, member.shape.seq_len)
         hardware_flops_per_token = megatron_flops_per_token(member.shape, layout.tp)
         hours_scratch.append(gpu.hours(hardware_flops_per_token * budget.tokens_scratch, request.mfu))
-        memory = estimate_memory(member.shape, layout, request.micro_batch, request.global_batch)
+        memory = estimate_memory(member.shape, layout, request.micro_batch, global_batch)
         predicted = law.predicts(counts.total, budget.tokens_scratch, member.shape.vocab)
         stages.append(
             StagePlan(
@@ -83,7 +91,7 @@ def build_plan(request: PlanRequest) -> Plan:
                 min_lr=float(f"{lr * request.schedule.min_lr_ratio:.4g}"),
                 warmup_iters=request.schedule.warmup_iters(iters),
                 train_iters=iters,
-                global_batch=request.global_batch,
+                global_batch=global_batch,
                 micro_batch=request.micro_batch,
                 layout=layout,
                 init_from=names[i - 1] if i else None,

@@ -16,10 +16,11 @@ from grow_cli.planning.budget import progressive_budgets
 from grow_cli.flops import CONVENTIONS, flops_per_token
 from grow_cli.planning.hardware import GPUSpec, gpu_spec
 from grow_cli.planning.laws import get_law
-from grow_cli.planning.lr import LRLadder
+from grow_cli.planning.hyperparams import HyperparamRule
 from grow_cli.planning.memory import smallest_fitting_layout
 from grow_cli.layout import Layout
-from grow_cli.planning.planfile import Plan
+from grow_cli.planning.planfile import Plan, StagePlan
+from grow_cli.shape import TP_FRIENDLY
 from grow_cli.units import format_count
 
 _FLOP_UNITS = (("Z", 1e21), ("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9))
@@ -132,10 +133,16 @@ def convention_summaries(plan: Plan) -> list[ConventionSummary]:
     return summaries
 
 
+def tp_sizes(stage: StagePlan) -> list[int]:
+    """The tensor-parallel sizes a stage's shape runs at, up to one node's 8 (or the planned TP)."""
+    return stage.shape.feasible_tp(limit=max(TP_FRIENDLY, stage.layout.tp))
+
+
 def plan_json(plan: Plan) -> dict:
-    """Plan.to_dict() plus a `report` block of derived facts (conventions, memory advice)."""
+    """Plan.to_dict() plus a `report` block of derived facts (TP sizes, conventions, memory advice)."""
     data = plan.to_dict()
     data["report"] = {
+        "tp_sizes": {s.name: tp_sizes(s) for s in plan.stages},
         "conventions": [asdict(c) for c in convention_summaries(plan)],
         "memory_warnings": [asdict(a) for a in memory_advice(plan)],
         "gpu": asdict(_gpu(plan)),
@@ -173,7 +180,7 @@ def render(plan: Plan, console: Console) -> None:
     )
     # a stage's name is its nominal size, close to the non-embedding count; published model sizes
     # (Llama-3-8B's "8B") are totals, embeddings included: both are labelled so they are not mixed up
-    for column in ("stage", "grows\nfrom", "hidden", "ffn", "layers", "heads", "kv\ngroups", NONEMBEDDING_LABEL, TOTAL_LABEL):
+    for column in ("stage", "grows\nfrom", "hidden", "ffn", "layers", "heads", "kv\ngroups", "runs at\nTP", NONEMBEDDING_LABEL, TOTAL_LABEL):
         models.add_column(column, justify="left" if column in ("stage", "grows\nfrom") else "right")
     for s in plan.stages:
         shape = s.shape
@@ -185,6 +192,7 @@ def render(plan: Plan, console: Console) -> None:
             str(shape.layers),
             str(shape.heads),
             str(shape.kv_groups),
+            ",".join(str(t) for t in tp_sizes(s)),
             format_count(s.params_nonembedding),
             format_count(s.params_total),
         )
@@ -214,12 +222,12 @@ def render(plan: Plan, console: Console) -> None:
     console.print(budget)
 
     training = _table(
-        f"Training: batch {plan.stages[0].global_batch} x {plan.stages[0].shape.seq_len} tokens "
+        f"Training: batches of {plan.stages[0].shape.seq_len}-token sequences "
         f"(micro {plan.stages[0].micro_batch}), TP={layout.tp} PP={layout.pp} DP={layout.dp}, "
         f"{gpu.name.upper()} at {plan.inputs.mfu:.0%} MFU"
     )
     days = f"days on\n{layout.world_size} GPU{'s' if layout.world_size > 1 else ''}"
-    for column in ("stage", "LR", "min LR", "warmup", "iters", "loss\n(law)", "GPU-\nhours", days, "GiB per\nGPU"):
+    for column in ("stage", "batch\n(seqs)", "tokens\nper step", "LR", "min LR", "warmup", "iters", "loss\n(law)", "GPU-\nhours", days, "GiB per\nGPU"):
         training.add_column(column, justify="left" if column == "stage" else "right")
     for s in plan.stages:
         memory = "" if s.memory_per_gpu_gb is None else f"{s.memory_per_gpu_gb:.1f}"
@@ -227,6 +235,8 @@ def render(plan: Plan, console: Console) -> None:
             memory = f"[bold red]{memory} ![/bold red]"
         training.add_row(
             s.name,
+            f"{s.global_batch:,}",
+            format_count(s.tokens_per_iter),
             _lr(s.lr),
             _lr(s.min_lr),
             f"{s.warmup_iters:,}",
@@ -265,7 +275,8 @@ def render(plan: Plan, console: Console) -> None:
         f"Scaling law {plan.inputs.law}: the compute of {plan.stages[-1].name} from scratch is best spent on "
         f"{format_count(totals.law_optimal_params)} params (all, embeddings included) x {format_count(totals.law_optimal_tokens)} tokens"
     )
-    lines.append(f"Learning rates: {LRLadder.parse(plan.inputs.lr_ladder).describe()}")
+    rule = HyperparamRule.of([s.name for s in plan.stages], plan.inputs.global_batch, plan.inputs.lr_ladder)
+    lines.append(rule.describe(plan.stages[0].micro_batch, layout.dp))
     for line in lines:
         console.print(line)
 

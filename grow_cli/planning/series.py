@@ -13,8 +13,9 @@ import math
 from dataclasses import dataclass
 
 from grow_cli.errors import GrowError
-from grow_cli.growth_rules import growth_problems
-from grow_cli.shape import ModelShape, resolve_shape
+from grow_cli.growth_rules import gqa_growable, growth_problems
+from grow_cli.planning.attention import KVGroupsRule
+from grow_cli.shape import PRESETS, ModelShape, resolve_shape
 from grow_cli.units import parse_count, parse_multiplier, size_name
 
 DEFAULT_STAGES = 4
@@ -127,24 +128,50 @@ def resolve_series(
     seq_len: int,
     tied: bool = False,
     auto_shapes: bool = False,
+    kv_groups: str = "auto",
 ) -> list[SeriesMember]:
     """Shapes for the series, checked against the layout and for growth stage to stage.
 
     `auto_shapes` replaces a preset that does not fit TP/PP (the reference 4B's 25 heads at
-    TP 2) with an auto-shaped size that does; presets that fit are kept.
+    TP 2) or the requested KV groups with an auto-shaped size that does; presets that fit are
+    kept. `kv_groups` is the `--kv-groups` rule (`grow_cli.planning.attention`).
     """
-    common = dict(tp=tp, pp=pp, vocab=vocab, seq_len=seq_len, tied_embeddings=tied)
+    rule = KVGroupsRule.parse(kv_groups)
+    groups = rule.series_groups(parse_count(names[-1]))
 
-    def shape_of(name: str, head_dim: int | None) -> tuple[str, float, ModelShape]:
-        canonical, nominal, shape = resolve_shape(name, head_dim=head_dim, **common)
+    def shape_of(
+        name: str, head_dim: int | None, kv: int | None, floor: ModelShape | None = None
+    ) -> tuple[str, float, ModelShape]:
+        common = dict(tp=tp, pp=pp, vocab=vocab, seq_len=seq_len, tied_embeddings=tied, head_dim=head_dim, kv_groups=kv, floor=floor)
+        try:
+            canonical, nominal, shape = resolve_shape(name, **common)
+        except GrowError as error:
+            if name not in PRESETS:
+                raise
+            # a preset whose heads do not split into `kv` groups
+            if not auto_shapes:
+                raise GrowError(f"{name}: {error}; pass --auto-shapes to auto-shape it") from None
+            return resolve_shape(name, use_presets=False, **common)
         if auto_shapes and shape.layout_problems(tp, pp):
-            return resolve_shape(name, head_dim=head_dim, use_presets=False, **common)
+            return resolve_shape(name, use_presets=False, **common)
         return canonical, nominal, shape
 
-    largest = shape_of(names[-1], None)[2]
-    members = []
+    def grouped(name: str, head_dim: int, previous: ModelShape | None) -> tuple[str, float, ModelShape]:
+        """The stage with the series' KV groups where it has more heads than that, else MHA."""
+        canonical, nominal, shape = shape_of(name, head_dim, None, previous)
+        keep = canonical in PRESETS and shape == PRESETS[canonical].with_(vocab=vocab, seq_len=seq_len, tied_embeddings=tied)
+        if groups is None or shape.heads <= groups or (keep and not rule.changes_presets):
+            return canonical, nominal, shape
+        candidate = shape_of(name, head_dim, groups, previous)
+        target = candidate[2]
+        if rule.falls_back and previous is not None and not gqa_growable(previous, target.heads, target.kv_groups):
+            return canonical, nominal, shape
+        return candidate
+
+    largest = shape_of(names[-1], None, None)[2]
+    members: list[SeriesMember] = []
     for name in names:
-        canonical, nominal, shape = shape_of(name, largest.head_dim)
+        canonical, nominal, shape = grouped(name, largest.head_dim, members[-1].shape if members else None)
         try:
             shape.check_layout(tp, pp, name=canonical)
         except GrowError as error:
