@@ -176,6 +176,11 @@ PRESETS: dict[str, ModelShape] = {
 
 FFN_RATIO = 3.5  # the presets' FFN / hidden
 
+
+def is_reference_series(names) -> bool:
+    """Whether every size is a reference one (1B, 2B, 4B, 8B): its recipe is published and kept."""
+    return all(name in PRESETS for name in names)
+
 # Auto-shaped sizes from TP_FRIENDLY_FROM up get head counts (and FFN) divisible by TP_FRIENDLY,
 # so one shape runs at TP 1, 2, 4 and 8: a cluster team picks TP from memory (a 70B needs TP 8
 # with PP on 80 GB GPUs), and the shape must not decide it. 8 is one node's NVLink domain; a

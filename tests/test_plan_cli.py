@@ -116,6 +116,8 @@ def _newer_plan(tmp_path):
         (["plan", "--max", "8B", "--flops-convention", "kaplan"], "unknown FLOPs convention"),
         (["plan", "--max", "8B", "--law", "kaplan"], "unknown scaling law"),
         (["plan", "--max", "8B", "--lr-ladder", "fast"], "cannot read --lr-ladder"),
+        (["plan", "--max", "70B", "--kv-groups", "many"], "cannot read --kv-groups"),
+        (["plan", "--sizes", "2B,8B", "--kv-groups", "8"], "20 heads cannot be split into 8 KV groups"),
         (["plan", "--max", "8B", "--gpus", "8", "--global-batch", "12"], "not divisible by micro batch"),
         (["plan", "--max", "8B", "--mfu", "40"], "--mfu 40.0 must be a fraction"),
         (["plan", "--max", "8B", "--plot", "plan.jpgx"], "--plot plan.jpgx"),

@@ -9,16 +9,21 @@ within noise (Ainslie et al.) while dividing over TP 8, one node.
 The choice is per series, not per stage, because of the growth rule (`grow_cli.growth_rules`):
 an MHA stage of H heads grows exactly into G' groups only if G' >= H, so a series that must end
 at 8 groups has every stage at 8 groups (those with 8 heads or fewer keep one group per head).
-The reference presets (1B/2B/4B/8B, published as MHA) stay MHA under `auto`; a stage that then
-cannot grow from its MHA predecessor at 8 groups stays MHA too. `N` puts N groups in every stage
-with more than N heads, presets included; `mha` is one group per head everywhere.
+The reference series (only 1B/2B/4B/8B, published as MHA) stays MHA under `auto`; in another
+series a preset gets 8 groups where its heads split into 8 (1B, 8B), and a stage that cannot
+(the 2B's 20 heads, without `--auto-shapes`) or cannot grow from its MHA predecessor at 8 groups
+stays MHA. `N` puts N groups in every stage with more than N heads (an error where that cannot
+be done); `mha` is one group per head everywhere.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from grow_cli.errors import GrowError
+from grow_cli.shape import is_reference_series
+from grow_cli.units import parse_count
 
 GQA_GROUPS = 8
 GQA_FROM = 7e9  # nominal size of the series' largest model from which `auto` uses GQA
@@ -38,18 +43,13 @@ class KVGroupsRule:
             return cls("fixed", int(text))
         raise GrowError(f"cannot read --kv-groups {spec!r}: use auto, mha or a positive group count such as 8")
 
-    def series_groups(self, largest_nominal: float) -> int | None:
+    def series_groups(self, names: Sequence[str]) -> int | None:
         """KV groups of every stage with more heads than that (None: multi-head attention)."""
         if self.kind == "fixed":
             return self.groups
-        if self.kind == "auto" and largest_nominal >= GQA_FROM:
+        if self.kind == "auto" and parse_count(names[-1]) >= GQA_FROM and not is_reference_series(names):
             return GQA_GROUPS
         return None
-
-    @property
-    def changes_presets(self) -> bool:
-        """Only an explicit count regroups a reference preset's heads."""
-        return self.kind == "fixed"
 
     @property
     def falls_back(self) -> bool:

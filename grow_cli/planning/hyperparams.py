@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from grow_cli.planning.lr import LRLadder
-from grow_cli.shape import PRESETS
+from grow_cli.shape import is_reference_series
 
 REFERENCE_GLOBAL_BATCH = 512  # sequences: the reference series' published 512 x 1024 tokens
 DEEPSEEK_BATCH = (0.2920, 0.3271)  # B_opt = a · C^b tokens
@@ -46,11 +46,6 @@ def deepseek_lr(compute: float) -> float:
 def batch_sequences(tokens: float, seq_len: int, unit: int) -> int:
     """`tokens` per step as sequences: the nearest multiple of `unit`, at least one `unit`."""
     return max(1, round(tokens / seq_len / unit)) * unit
-
-
-def is_reference_series(sizes: Sequence[str]) -> bool:
-    """Whether every stage is one of the reference sizes (1B, 2B, 4B, 8B), whose recipe is published."""
-    return all(name in PRESETS for name in sizes)
 
 
 @dataclass(frozen=True)

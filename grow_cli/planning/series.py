@@ -137,7 +137,7 @@ def resolve_series(
     kept. `kv_groups` is the `--kv-groups` rule (`grow_cli.planning.attention`).
     """
     rule = KVGroupsRule.parse(kv_groups)
-    groups = rule.series_groups(parse_count(names[-1]))
+    groups = rule.series_groups(names)
 
     def shape_of(
         name: str, head_dim: int | None, kv: int | None, floor: ModelShape | None = None
@@ -159,10 +159,14 @@ def resolve_series(
     def grouped(name: str, head_dim: int, previous: ModelShape | None) -> tuple[str, float, ModelShape]:
         """The stage with the series' KV groups where it has more heads than that, else MHA."""
         canonical, nominal, shape = shape_of(name, head_dim, None, previous)
-        keep = canonical in PRESETS and shape == PRESETS[canonical].with_(vocab=vocab, seq_len=seq_len, tied_embeddings=tied)
-        if groups is None or shape.heads <= groups or (keep and not rule.changes_presets):
+        if groups is None or shape.heads <= groups:
             return canonical, nominal, shape
-        candidate = shape_of(name, head_dim, groups, previous)
+        try:
+            candidate = shape_of(name, head_dim, groups, previous)
+        except GrowError:
+            if rule.falls_back:  # a preset whose heads do not split into the groups
+                return canonical, nominal, shape
+            raise
         target = candidate[2]
         if rule.falls_back and previous is not None and not gqa_growable(previous, target.heads, target.kv_groups):
             return canonical, nominal, shape
