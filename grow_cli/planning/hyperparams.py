@@ -93,17 +93,18 @@ class HyperparamRule:
 
     def describe(self, micro_batch: int, dp: int) -> str:
         """One line for the report: where the batches and the LRs come from."""
-        deepseek = "DeepSeek LLM (2024) law of the stage's compute C = M·D"
         ladder = self.ladder
-        lr = ladder.describe() if ladder else f"η = 0.3118·C^-0.125, {deepseek}"
+        lr = ladder.describe() if ladder else "η = 0.3118·C^-0.125"
         if self.global_batch is not None:
             batch = f"--global-batch {self.global_batch} sequences"
         elif self.reference:
             batch = f"the reference {REFERENCE_GLOBAL_BATCH} sequences"
         else:
-            unit = batch_unit(micro_batch, dp)
-            batch = f"B = 0.2920·C^0.3271 tokens, {deepseek}, in whole multiples of {unit} sequences"
-        return f"Learning rates: {lr}. Batch: {batch}"
+            batch = f"B = 0.2920·C^0.3271 tokens in whole multiples of {batch_unit(micro_batch, dp)} sequences"
+        line = f"Learning rates: {lr}; batches: {batch}"
+        if ladder is None or (self.global_batch is None and not self.reference):
+            line += " (DeepSeek LLM 2024 §3.1; C = M·D, a stage's scratch compute without the vocabulary)"
+        return line
 
 
 def batch_unit(micro_batch: int, dp: int) -> int:
