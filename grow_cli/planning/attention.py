@@ -3,8 +3,8 @@
 `auto` gives 8 KV groups to a series whose largest model is at least 7B and multi-head attention
 below: Llama 2 used grouped-query attention (GQA, Ainslie et al. 2023) with 8 groups for its 34B
 and 70B and MHA for 7B/13B; Mistral 7B and Llama 3 8B/70B use 8 KV heads. At that size the KV
-cache, not the weights, bounds serving batch and context, and 8 groups keep the quality of MHA
-within noise (Ainslie et al.) while dividing over TP 8, one node.
+cache, not the weights, bounds serving batch and context; Ainslie et al. find 8 groups close to
+MHA's quality, and 8 groups divide over TP 8, one node.
 
 The choice is per series, not per stage, because of the growth rule (`grow_cli.growth_rules`):
 an MHA stage of H heads grows exactly into G' groups only if G' >= H, so a series that must end
