@@ -95,6 +95,7 @@ def progressions(shape, micro_batch: int, steps: int) -> list[dict]:
 
 
 def make_config(args, dtype: str, init: str | None):
+    from grow_cli.layout import Layout
     from grow_cli.training.config import (
         BatchSettings,
         IntervalSettings,
@@ -107,7 +108,7 @@ def make_config(args, dtype: str, init: str | None):
     shape = tiny_shape()
     return TrainConfig(
         model=ModelSettings(shape, "tiny", float(shape.param_counts().nonembedding), "sdpa", dtype),
-        parallel=ParallelSettings(distributed_optimizer=True),
+        parallel=ParallelSettings(Layout(), distributed_optimizer=True),
         optimizer=OptimizerSettings(lr=args.lr, min_lr=args.lr / 10, warmup_iters=5),
         batch=BatchSettings(args.micro_batch, args.micro_batch, train_iters=args.steps),
         intervals=IntervalSettings(),

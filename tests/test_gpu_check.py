@@ -112,7 +112,7 @@ def test_cpu_dry_run_reports_every_step(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHON=sys.executable)
     env.pop("OUT", None)
     proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--cpu", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=900, env=env)
+                          capture_output=True, text=True, timeout=2400, env=env)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     record = CheckRecord.load(tmp_path / "status.json")
     planned = [s.name for s in gpu_check.plan(cpu=True, out=tmp_path)]
