@@ -57,8 +57,15 @@ def _quiet_library_warnings() -> None:
     """Warnings that say nothing about the user's run: megatron announcing its torch fallbacks
     when Transformer Engine/Apex are absent (expected on CPU), a deprecation megatron raises
     about its own default, its access to a non-leaf `.grad`, and torch deprecations inside
-    megatron's own collectives."""
+    megatron's own collectives; and torch's log line that a CUDA toolkit was found but no GPU
+    (a CUDA build of torch on a login node or a CPU bench, when megatron-core imports
+    `torch.utils.cpp_extension`, which it does at import from 0.17 on)."""
+    import logging
     import warnings
+
+    logging.getLogger("torch.utils.cpp_extension").addFilter(
+        lambda record: not record.getMessage().startswith("No CUDA runtime is found")
+    )
 
     for message in (
         ".*Transformer Engine and Apex are not installed.*",
