@@ -22,7 +22,8 @@ Nothing changes when TE or Apex provide the optimizer (their Adam keeps `step` p
 Where a checkpoint keeps its common (non-tensor) state: megatron-core 0.16 writes `common.pt`
 beside the torch_dist files (so does grow's streaming writer, `checkpoint.tensors`); newer
 releases (0.19 checked) write it as a `common_state` object inside them and still read
-`common.pt`. `read_common_state` reads either. A 0.16 install cannot read the newer layout.
+`common.pt`. `read_common_state` reads either; `is_common_state` tells that object apart from
+the model's objects (`_extra_state`). A 0.16 install cannot read the newer layout.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ MEGATRON_VERSION = Version(version("megatron-core"))
 # no release does yet (read and tested through 0.19.2, where both faults are as in 0.16).
 RESUME_STEP_FIXED_IN: Version | None = None
 LEGACY_COMMON_FILE = "common.pt"  # where 0.16 (and grow's own writer) keep the common state
+COMMON_STATE_OBJECT = "common_state/"  # newer releases: the ShardedObject's key prefix in the files
 
 _applied = False
 
@@ -75,6 +77,11 @@ def _install_resume_step_fix(optimizer_class) -> None:
                 state["step"] = step.clone()
 
     optimizer_class._set_main_param_and_optimizer_states = set_states_keeping_step
+
+
+def is_common_state(key: str) -> bool:
+    """Whether a torch_dist entry is the checkpoint's common state (not part of the model)."""
+    return key.startswith(COMMON_STATE_OBJECT)
 
 
 def read_common_state(directory: Path) -> dict:
