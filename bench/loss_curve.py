@@ -103,11 +103,12 @@ def make_config(args, dtype: str, init: str | None):
         ParallelSettings,
         TrainConfig,
     )
+    from grow_cli.layout import Layout
 
     shape = tiny_shape()
     return TrainConfig(
         model=ModelSettings(shape, "tiny", float(shape.param_counts().nonembedding), "sdpa", dtype),
-        parallel=ParallelSettings(distributed_optimizer=True),
+        parallel=ParallelSettings(Layout(tp=1, pp=1, dp=1), distributed_optimizer=True),  # one process
         optimizer=OptimizerSettings(lr=args.lr, min_lr=args.lr / 10, warmup_iters=5),
         batch=BatchSettings(args.micro_batch, args.micro_batch, train_iters=args.steps),
         intervals=IntervalSettings(),
