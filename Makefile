@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install assets test test-fast demo bench gpu-wheels clean
+.PHONY: install assets test test-fast test-compat demo bench gpu-wheels clean
 
 install: $(VENV)/.installed $(ASSETS)/.installed
 
@@ -41,6 +41,23 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The newest megatron-core release on Python 3.12 (what clusters run), in a second venv; not part of
+# `make test`: PyPI's Linux torch wheels bring the CUDA libraries (several GB). The tests run on its
+# CPU just the same. README (Install) says which releases are tested and what they gave.
+PYTHON_COMPAT ?= python3.12
+VENV_COMPAT   := .venv-compat
+COMPAT_PINS   ?= megatron-core==0.19.2 torch==2.14.1
+
+$(VENV_COMPAT)/.installed: pyproject.toml
+	$(PYTHON_COMPAT) -m venv $(VENV_COMPAT)
+	$(VENV_COMPAT)/bin/pip install --quiet --upgrade pip
+	$(VENV_COMPAT)/bin/pip install --quiet $(COMPAT_PINS)
+	$(VENV_COMPAT)/bin/pip install --quiet -e '.[dev]' $(COMPAT_PINS)
+	touch $@
+
+test-compat: $(VENV_COMPAT)/.installed $(ASSETS)/.installed
+	$(VENV_COMPAT)/bin/python -m pytest -q
+
 demo: install
 	GROW=$(CURDIR)/$(BIN)/grow bash examples/demo.sh $(DEMO_DIR)
 
@@ -62,4 +79,4 @@ gpu-wheels:  # after `make install` (uses its pip)
 	du -sh .whl
 
 clean:
-	rm -rf $(VENV) .cache demo .pytest_cache
+	rm -rf $(VENV) $(VENV_COMPAT) .cache demo .pytest_cache

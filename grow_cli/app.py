@@ -53,13 +53,28 @@ def main() -> None:
         sys.exit(error.exit_code)
 
 
+# Log lines that say nothing about the user's run, as (logger, start of the message): torch finding
+# a CUDA toolkit but no GPU (a CUDA build of torch on a login node or a CPU bench; megatron-core
+# imports `torch.utils.cpp_extension` at import from 0.17 on), and megatron-core 0.19's notices to
+# its own developers (GPTModel's successor, its async saver, DDP's parameter layout).
+_QUIET_LOG_LINES = (
+    ("torch.utils.cpp_extension", "No CUDA runtime is found"),
+    ("megatron.core.models.gpt.gpt_model", "GPTModel IS DEPRECATED"),
+    ("megatron.core.dist_checkpointing.strategies.torch", "MCore's async save is deprecated"),
+    ("megatron.core.distributed.distributed_data_parallel", "DistributedDataParallel: full_param_layout not provided"),
+)
+
+
 def _quiet_library_warnings() -> None:
     """Warnings that say nothing about the user's run: megatron announcing its torch fallbacks
     when Transformer Engine/Apex are absent (expected on CPU), a deprecation megatron raises
-    about its own default, its access to a non-leaf `.grad`, and torch deprecations inside
-    megatron's own collectives."""
+    about its own default, its access to a non-leaf `.grad`, torch deprecations inside
+    megatron's own collectives, and the log lines above."""
+    import logging
     import warnings
 
+    for name, start in _QUIET_LOG_LINES:
+        logging.getLogger(name).addFilter(lambda record, start=start: not record.getMessage().startswith(start))
     for message in (
         ".*Transformer Engine and Apex are not installed.*",
         "Apex is not installed.*",

@@ -131,15 +131,13 @@ def test_tp2_and_tp1_give_the_same_logits(runs, tmp_path):
 
 @pytest.mark.slow
 def test_checkpoint_holds_train_state_and_lineage(runs):
-    import torch
-
-    from grow_cli.checkpoint.metadata import read_info
+    from grow_cli.checkpoint.metadata import read_common, read_info
 
     path = runs["full"] / "iter_0000020"
     info = read_info(path)
     assert info.iteration == 20 and info.consumed_samples == 160
     assert [step.op for step in info.lineage] == ["pretrain"] and info.lineage[0].details.train_iters == 20
-    common = torch.load(path / "common.pt", weights_only=False)
+    common = read_common(path)
     assert common["train"]["scheduler"]["num_steps"] == 20 * 8  # the schedule counts samples
     assert common["train"]["layout"] == {"tp": 2, "pp": 1, "dp": 1}
     # --keep-last 2 (default): iter 10 and iter 20 stay
@@ -148,9 +146,7 @@ def test_checkpoint_holds_train_state_and_lineage(runs):
 
 @pytest.mark.slow
 def test_init_from_checkpoint_starts_fresh_with_lineage(runs, data, tmp_path):
-    import torch
-
-    from grow_cli.checkpoint.metadata import read_info
+    from grow_cli.checkpoint.metadata import read_common, read_info
 
     source = runs["full"] / "iter_0000020"
     out = tmp_path / "init"
@@ -162,7 +158,7 @@ def test_init_from_checkpoint_starts_fresh_with_lineage(runs, data, tmp_path):
     assert [s.op for s in info.lineage] == ["pretrain", "pretrain"]
     assert info.lineage[-1].source_id == read_info(source).checkpoint_id
     assert info.lineage[-1].source == str(source)
-    common = torch.load(path / "common.pt", weights_only=False)
+    common = read_common(path)
     assert info.iteration == 3 and common["train"]["scheduler"]["num_steps"] == 3 * 8  # a fresh schedule
 
 

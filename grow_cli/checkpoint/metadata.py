@@ -161,19 +161,18 @@ class CheckpointInfo:
 
 
 def read_common(path: str | Path) -> dict:
-    """The non-tensor state rank 0 wrote (`common.pt`), loaded by megatron's own common strategy."""
-    from megatron.core import dist_checkpointing
-
+    """The non-tensor state rank 0 wrote (`common.pt`, or inside the torch_dist files with
+    newer megatron-core releases: `runtime.megatron_compat` knows both)."""
     from grow_cli.checkpoint.rundir import resolve_checkpoint
+    from grow_cli.runtime.megatron_compat import read_common_state
 
     directory = resolve_checkpoint(path)
-    common = directory / "common.pt"
-    if not common.is_file():
-        raise GrowError(f"{path} has no common.pt: not a complete torch_dist checkpoint")
     try:
-        return dist_checkpointing.load_common_state_dict(str(directory))
-    except Exception as error:  # a truncated or foreign file, or a damaged metadata.json
-        raise GrowError(f"{common} cannot be read ({type(error).__name__}); the checkpoint is corrupted") from None
+        return read_common_state(directory)
+    except FileNotFoundError:
+        raise GrowError(f"{path} has no common state (common.pt): not a complete torch_dist checkpoint") from None
+    except Exception as error:  # a truncated or foreign file
+        raise GrowError(f"{directory} has unreadable common state ({type(error).__name__}); the checkpoint is corrupted") from None
 
 
 def read_info(path: str | Path) -> CheckpointInfo:

@@ -42,6 +42,7 @@ from torch.distributed.checkpoint.planner_helpers import create_read_items_for_c
 from grow_cli.checkpoint.layout import TensorSpec
 from grow_cli.checkpoint.rundir import resolve_checkpoint
 from grow_cli.errors import GrowError
+from grow_cli.runtime.megatron_compat import is_common_state
 
 def validate_checkpoint(path: str | Path) -> Path:
     """The checkpoint directory `path` names (a checkpoint, a run directory or its `latest`);
@@ -165,7 +166,12 @@ class CheckpointReader:
         return [k for k, v in self.metadata.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)]
 
     def object_keys(self) -> list[str]:
-        return [k for k, v in self.metadata.state_dict_metadata.items() if isinstance(v, BytesStorageMetadata)]
+        """The model's byte entries (megatron's `_extra_state`), not the common state newer
+        megatron-core releases keep among them (`read_common` reads that)."""
+        return [
+            k for k, v in self.metadata.state_dict_metadata.items()
+            if isinstance(v, BytesStorageMetadata) and not is_common_state(k)
+        ]
 
     def has(self, key: str) -> bool:
         return key in self.metadata.state_dict_metadata

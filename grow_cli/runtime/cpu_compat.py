@@ -7,7 +7,9 @@ CUDA, `activate()` makes the few CUDA-only calls megatron makes land on the CPU:
   (default causal mask, pipeline token counters, DDP buffers, optimizer overflow flags, rotary);
 * `Tensor.type()` (no argument) names CPU tensors as their CUDA twins ("torch.cuda.FloatTensor"):
   megatron's mixed-precision and distributed optimizers dispatch on that string;
-* `torch.cuda.current_device()` answers `"cpu"`, `synchronize`/`empty_cache` become no-ops;
+* `torch.cuda.current_device()` answers `"cpu"`, `synchronize`/`empty_cache` become no-ops,
+  `current_stream()` is the CPU stream (megatron-core 0.19's gradient reduce asks for it to wait
+  on CUDA-graph events, which a CPU run never has);
 * the CUDA RNG tracker stores CPU generator states, so `model_parallel_cuda_manual_seed`,
   `fork()` and checkpointed RNG states work.
 
@@ -86,6 +88,7 @@ def activate() -> bool:
     torch.cuda.current_device = lambda: "cpu"
     torch.cuda.synchronize = lambda *a, **k: None
     torch.cuda.empty_cache = lambda: None
+    torch.cuda.current_stream = torch.cpu.current_stream
     torch.cuda.get_rng_state = _cpu_rng_state
     torch.cuda.set_rng_state = _set_cpu_rng_state
     torch.cuda.manual_seed = torch.manual_seed

@@ -9,5 +9,6 @@ Modules: config (resolved run settings), objective (what a step optimises), engi
 optimizer and one train/eval step), schedule (optimizer and LR schedule settings),
 checkpointing (train state on disk, resume, retention, the run directory), metrics (jsonl,
 TensorBoard, console, FLOPs/MFU), signals (pre-emption), loop (the run), slurm (sbatch scripts),
-megatron_patches (a megatron-core 0.16 optimizer-resume fix), cli.
+cli. The megatron-core optimizer-resume fix lives with the other release differences in
+`grow_cli.runtime.megatron_compat`.
 """

@@ -51,10 +51,10 @@ class Engine:
         from megatron.core.pipeline_parallel import get_forward_backward_func
         from megatron.core.transformer.module import Float16Module
 
+        from grow_cli.runtime import megatron_compat
         from grow_cli.runtime.model import build_gpt_model
-        from grow_cli.training import megatron_patches
 
-        megatron_patches.apply()
+        megatron_compat.apply()
         self.config = config
         self.runtime = runtime
         self.objective = objective
