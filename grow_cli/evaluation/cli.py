@@ -133,7 +133,7 @@ def _progress(console):
 
 
 def _emit(reports, as_json: bool, markdown: Path | None, plots: Path | None, force: bool) -> None:
-    from rich.console import Console
+    from grow_cli.console import stdout_console
 
     from grow_cli.evaluation.report import tables, to_json, to_markdown, to_rich
 
@@ -141,7 +141,7 @@ def _emit(reports, as_json: bool, markdown: Path | None, plots: Path | None, for
     if as_json:
         typer.echo(json.dumps(to_json(reports), indent=2))
     else:
-        console = Console()
+        console = stdout_console()
         for table in rendered:
             console.print(to_rich(table))
     if markdown is not None:
