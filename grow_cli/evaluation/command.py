@@ -86,14 +86,18 @@ def _load_text(request: EvalRequest, infos: list):
 
 
 def run_eval(request: EvalRequest, progress: Progress | None = None) -> list[ModelReport] | None:
-    """Evaluate every checkpoint; returns the reports on rank 0 (None on other ranks)."""
-    check_request(request)
+    """Evaluate every checkpoint; returns the reports on rank 0 (None on other ranks).
+
+    The checkpoints are checked first: a mistyped path is the mistake to name, not the missing
+    --data that the flags would report otherwise."""
     from grow_cli.checkpoint.metadata import read_info
     from grow_cli.checkpoint.tensors import validate_checkpoint
     from grow_cli.evaluation.tasks import parse_tasks, prepare_task_configs
     from grow_cli.evaluation.text import check_vocab
 
-    infos = [read_info(validate_checkpoint(path)) for path in request.checkpoints]
+    checked = [validate_checkpoint(path) for path in request.checkpoints]
+    check_request(request)
+    infos = [read_info(path) for path in checked]
     text, tokenizer = _load_text(request, infos)
     for path, info in zip(request.checkpoints, infos):
         if text is not None:
