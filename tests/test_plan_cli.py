@@ -173,3 +173,22 @@ def test_parameter_columns_are_labelled_and_an_out_of_range_loss_is_not_printed(
     assert tiny["predicted_loss"] is None and tiny["loss_outside_fit"] is True
     expected = 1.8172 + 482.01 / large["params_total"] ** 0.3478 + 2085.43 / large["tokens_scratch"] ** 0.3658
     assert large["loss_outside_fit"] is False and large["predicted_loss"] == pytest.approx(expected, rel=1e-12)
+
+
+
+def test_tables_off_a_terminal_are_whole_and_warnings_go_to_stderr(monkeypatch):
+    """Under SLURM or in CI stdout is a file: rich assumed 80 columns there and cut the 70B
+    series' cells (`2,002,…`). Every training-table row keeps its iteration count whole, and
+    the memory warnings are on stderr, not mixed into the tables."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    args = ["plan", "--max", "70B", "--fixed-data"]
+    proc = run_grow(args)
+    assert proc.returncode == 0, proc.stderr
+    assert "…" not in proc.stdout
+    data = _json(args)
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.split()[:1] and "e-" in line}
+    for stage in data["stages"]:
+        assert f"{stage['train_iters']:,}" in rows[stage["name"]]
+    warned = [w["stage"] for w in data["report"]["memory_warnings"]]
+    assert warned and "warning" not in proc.stdout
+    assert [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("warning:")] == warned
