@@ -8,7 +8,7 @@ seconds with one line. Under torchrun every rank runs this; rank 0 alone prints 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from grow_cli.dtypes import torch_dtype
@@ -96,9 +96,9 @@ def run_eval(request: EvalRequest, progress: Progress | None = None) -> list[Mod
     from grow_cli.evaluation.tasks import parse_tasks, prepare_task_configs
     from grow_cli.evaluation.text import check_vocab
 
-    checked = [validate_checkpoint(path) for path in request.checkpoints]
+    request = replace(request, checkpoints=tuple(validate_checkpoint(path) for path in request.checkpoints))
     check_request(request)
-    infos = [read_info(path) for path in checked]
+    infos = [read_info(path) for path in request.checkpoints]
     text, tokenizer = _load_text(request, infos)
     for path, info in zip(request.checkpoints, infos):
         if text is not None:
