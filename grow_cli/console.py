@@ -82,7 +82,8 @@ class _LoggedProgress(Progress):
     nothing until the end (then a blank line), so a 10-minute `grow eval` under SLURM looked
     hung. This one never starts the live display; it prints a task's row as one line when the
     task first moves, every `interval_s` seconds while it runs and when it finishes (nothing
-    before the work starts, so an error stays the first and only line)."""
+    before some work is done, so an error in the checks that come first, after a total is set,
+    stays the only line)."""
 
     def __init__(self, *columns, interval_s: float, **kwargs):
         super().__init__(*columns, **kwargs)
@@ -105,9 +106,9 @@ class _LoggedProgress(Progress):
         self._log(task_id)
 
     def _log(self, task_id: TaskID) -> None:
-        if self.disable or task_id in self._finished:
-            return
         task = self._tasks[task_id]
+        if self.disable or task_id in self._finished or not task.completed:
+            return
         now = time.monotonic()
         if task.finished:
             self._finished.add(task_id)

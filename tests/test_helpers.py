@@ -50,8 +50,9 @@ def test_progress_off_a_terminal_is_logged_as_lines():
 
     log = io.StringIO()
     with progress_bar("[bold]eval[/] {task.description}", console=Console(file=log, width=200), interval_s=3600) as bar:
-        task = bar.add_task("ppl", total=4)
-        assert log.getvalue() == ""
+        task = bar.add_task("ppl", total=None)
+        bar.update(task, total=4)
+        assert log.getvalue() == ""  # nothing done yet
         for _ in range(4):
             bar.advance(task, 1)
         bar.update(task, advance=0)  # finished: not logged again
