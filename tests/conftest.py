@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ os.environ.setdefault("GROW_ASSETS", str(REPO / ".cache" / "assets"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# grow eval keeps results between runs (grow_cli.evaluation.cache): tests keep theirs to themselves.
+os.environ.setdefault("GROW_EVAL_CACHE", tempfile.mkdtemp(prefix="grow-eval-cache-"))
 # Without a GPU, Triton kernels run in Triton's interpreter (tests/test_kernels_divergence.py). Triton
 # reads this when it is imported, and megatron-core imports it, so it is set before any test module.
 import torch  # noqa: E402

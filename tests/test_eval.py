@@ -180,9 +180,49 @@ def test_cli_bad_inputs_fail_with_one_line(ref, case):
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert not proc.stderr.startswith("\n")  # no blank line from a progress display before the error
     expected = {"not_a_checkpoint": "not a torch_dist checkpoint", "task_without_data": "no data for task piqa",
                 "vocab_mismatch": "vocab 1000", "empty_text": "no text"}[case]
     assert expected in lines[0]
+
+
+def test_cli_reuses_the_results_of_an_unchanged_checkpoint(ref, tmp_path, monkeypatch):
+    """A re-run with the same checkpoint files, text and settings prints the stored results; a
+    touched checkpoint file, another setting or --no-cache evaluates again."""
+    import os
+    import shutil
+
+    out, _ = ref
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("GROW_EVAL_CACHE", str(cache))
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(out / SCRATCH, checkpoint)
+    args = ["eval", str(checkpoint), "--text", str(out / "valid.txt"), "--max-tokens", "300", "--diag-tokens", "64", "--json"]
+
+    def evaluate(*extra: str) -> tuple[dict, bool]:
+        proc = run_grow([*args, *extra], timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout), "unchanged since it was evaluated" in proc.stderr
+
+    first, hit = evaluate()
+    assert not hit and len(list(cache.glob("*.json"))) == 1
+    again, hit = evaluate()
+    assert hit and again == first  # the measurements, bit for bit, and the record read afresh
+    fresh, hit = evaluate("--no-cache")
+    assert not hit and fresh["loss"] == pytest.approx(first["loss"], rel=1e-6)
+    _, hit = evaluate("--batch-size", "2")
+    assert not hit and len(list(cache.glob("*.json"))) == 2
+    weights = next(p for p in checkpoint.iterdir() if p.suffix == ".distcp")
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    _, hit = evaluate()
+    assert not hit and len(list(cache.glob("*.json"))) == 3
+
+
+def test_cli_names_a_missing_checkpoint_before_anything_else(tmp_path):
+    missing = tmp_path / "nonexistent"
+    proc = run_grow(["eval", str(missing)], timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [f"error: checkpoint {missing} does not exist or is not a directory"]
 
 
 @pytest.mark.slow

@@ -284,6 +284,17 @@ def test_shards_are_written_one_at_a_time(tmp_path):
     assert plan_shards([("a", 1), ("b", 1)], 1000)[0].file == "model.safetensors"
 
 
+def test_export_files_all_have_the_default_mode(exported):
+    """safetensors' own writer leaves 0600; an export directory is shared, so every file gets the
+    mode a plain new file gets here (0666 less the umask, 0644 under 022)."""
+    reference = exported["mha_untied"].parent / "reference-mode"
+    reference.write_text("")
+    want = reference.stat().st_mode & 0o777
+    files = [p for p in exported["mha_untied"].iterdir() if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in files)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(want) for p in files}
+
+
 def test_parse_size():
     assert parse_size("5GB") == 5 * 10**9 and parse_size("500MB") == 5 * 10**8
     assert parse_size("2GiB") == 2 * 2**30 and parse_size("300000") == 300000
@@ -308,7 +319,7 @@ def _synthetic_checkpoint(path: Path, shape: ModelShape) -> None:
 def _assert_refused(args: list[str], out: Path, message: str) -> None:
     proc = run_grow(args)
     assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
+    lines = proc.stderr.rstrip("\n").splitlines()  # a leading blank line would count
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
     assert not out.exists() and not (out.parent / f".{out.name}.incomplete").exists()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -175,3 +176,86 @@ def test_parameter_columns_are_labelled_and_an_out_of_range_loss_is_not_printed(
     assert tiny["predicted_loss"] is None and tiny["loss_outside_fit"] is True
     expected = 1.8172 + 482.01 / large["params_total"] ** 0.3478 + 2085.43 / large["tokens_scratch"] ** 0.3658
     assert large["loss_outside_fit"] is False and large["predicted_loss"] == pytest.approx(expected, rel=1e-12)
+
+
+
+def test_tables_off_a_terminal_are_whole_and_warnings_go_to_stderr(monkeypatch):
+    """Under SLURM or in CI stdout is a file: rich assumed 80 columns there and cut the 70B
+    series' cells (`2,002,…`). Every training-table row keeps its iteration count whole, and
+    the memory warnings are on stderr, not mixed into the tables."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    args = ["plan", "--max", "70B", "--fixed-data"]
+    proc = run_grow(args)
+    assert proc.returncode == 0, proc.stderr
+    assert "…" not in proc.stdout
+    data = _json(args)
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.split()[:1] and "e-" in line}
+    for stage in data["stages"]:
+        assert f"{stage['train_iters']:,}" in rows[stage["name"]]
+    warned = [w["stage"] for w in data["report"]["memory_warnings"]]
+    assert warned and "warning" not in proc.stdout
+    assert [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("warning:")] == warned
+
+
+def _worked_example() -> tuple[list[str], list[list[str]], str]:
+    """docs/planning.md §9: its `grow plan` command, its table rows and the prose after them."""
+    from conftest import REPO
+
+    text = (REPO / "docs" / "planning.md").read_text()
+    section = text[text.index("## 9. Worked example") :]
+    command = re.search(r"`grow (plan [^`]+)`", section).group(1).split()
+    rows = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in section.splitlines()
+        if line.startswith("| ") and line.split("|")[1].strip() in PRESETS
+    ]
+    return command, rows, section
+
+
+def _num(cell: str) -> float:
+    return float(re.match(r"[\d.,e+-]+", cell.replace(",", "")).group(0))
+
+
+def test_worked_example_matches_the_planner():
+    """The doc's worked example is read back and every cell compared with the planner's plan
+    (parsed as numbers, rounded the way the doc writes them)."""
+    command, rows, prose = _worked_example()
+    data = _json(command)
+    stages = {s["name"]: s for s in data["stages"]}
+    assert [row[0] for row in rows] == list(stages)
+    for row in rows:
+        s = stages[row[0]]
+        shape = s["shape"]
+        assert row[1] == f"{shape['hidden']}/{shape['ffn']}/{shape['layers']}/{shape['heads']}", row
+        got = [_num(c) for c in row[2:9]] + [float(row[9]), _num(row[10]), _num(row[11]), _num(row[12])]
+        want = [
+            round(s["params_nonembedding"] / 1e9, 2), round(s["params_total"] / 1e9, 2),
+            s["tokens_scratch"] / 1e9, s["tokens_incremental"] / 1e9,
+            *(round(s[k] / 1e21, 2) for k in ("flops_scratch", "flops_incremental", "flops_cumulative")),
+            s["lr"], round(s["predicted_loss"], 3), round(s["gpu_hours"]), round(s["memory_per_gpu_gb"], 1),
+        ]
+        assert got == want, f"docs/planning.md §9 row {row[0]}: {got} but the planner gives {want}"
+        repeated = re.search(r"\((\d+)B re-read\)", row[5])
+        assert (float(repeated.group(1)) if repeated else 0.0) == (s["repeated_tokens"] or 0) / 1e9
+    totals = data["totals"]
+    single = _json([c for c in command if c not in ("--gpus", "8")])
+    conventions = [c for c in data["report"]["conventions"] if c["convention"] != "reference"]
+    per_1b = sorted(round(100 * (c["ratio_to_plan"][0] - 1)) for c in conventions)
+    per_8b = sorted(round(100 * (c["ratio_to_plan"][-1] - 1)) for c in conventions)
+    savings = sorted(round(100 * c["saving_fraction"], 1) for c in conventions)
+    for phrase in (
+        f"**{totals['flops_independent'] / 1e21:.1f} ZFLOPs**",
+        f"**{totals['flops_progressive'] / 1e21:.2f} ZFLOPs**: **{totals['saving_fraction']:.1%} saved**",
+        f"{totals['tokens_progressive'] / 1e9:.0f}B for the series vs {totals['tokens_largest_scratch'] / 1e9:.0f}B",
+        f"{totals['repeated_tokens'] / 1e9:.0f}B are re-read",
+        f"{totals['gpu_hours_progressive']:,.0f} for the series vs {totals['gpu_hours_independent']:,.0f} from scratch",
+        f"{per_1b[0]}–{per_1b[-1]}% more per token", f"the 8B {per_8b[0]}–{per_8b[-1]}%",
+        f"saving stays {savings[0]}–{savings[-1]}%",
+        f"~{single['stages'][-1]['memory_per_gpu_gb']:.0f} GiB on one GPU",
+        f"18 × {stages['8B']['params_total'] / 1e9:.2f}e9 bytes", f"brings it to {stages['8B']['memory_per_gpu_gb']:.1f} GiB",
+        f"{totals['law_optimal_params'] / 1e9:.1f}B-parameter model and {totals['law_optimal_tokens'] / 1e9:.0f}B tokens",
+    ):
+        assert phrase in " ".join(prose.split()), f"docs/planning.md §9 should say {phrase!r}"
+    warned = {w["stage"]: w for w in single["report"]["memory_warnings"]}
+    assert sorted(warned) == ["4B", "8B"] and f"~{warned['4B']['memory_gib']:.1f} GiB" in prose
+    assert [warned[n]["suggested_layout"] for n in ("4B", "8B")] == [{"tp": 1, "pp": 1, "dp": 2}, {"tp": 2, "pp": 1, "dp": 1}]

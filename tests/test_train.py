@@ -393,6 +393,23 @@ def test_bad_input_is_one_line_exit_2(case, extra, env, message, data, empty_dat
 
 
 @pytest.mark.slow
+def test_rerun_of_a_finished_run_leaves_its_record_untouched(runs, data, tmp_path):
+    """The finished run's summary (losses, throughput) is known only to the run that trained: a
+    re-run, at any layout, prints it and writes nothing (no resume record: no model was built)."""
+    rerun = tmp_path / "full"
+    shutil.copytree(runs["full"], rerun)
+    names = ("summary.json", "metrics.jsonl", "run.json", "latest")
+    before = {name: ((rerun / name).read_bytes(), (rerun / name).stat().st_mtime_ns) for name in names}
+    recorded = json.loads((rerun / "summary.json").read_text())
+    assert recorded["loss"] is not None and recorded["valid_loss"] is not None and recorded["tokens_per_s"] is not None
+    proc = run_grow(["pretrain", *TINY, *SCHEDULE, "--data", data, "--out", str(rerun), "--json"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout) == recorded
+    assert {name: ((rerun / name).read_bytes(), (rerun / name).stat().st_mtime_ns) for name in names} == before
+    assert sorted(p.name for p in rerun.iterdir()) == sorted(p.name for p in runs["full"].iterdir())
+
+
+@pytest.mark.slow
 def test_bad_checkpoint_and_occupied_directory(runs, data, tmp_path):
     before = sorted(p.name for p in runs["full"].iterdir())
     wrong_shape = run_grow(["pretrain", "--hidden", "128", "--ffn", "352", "--layers", "2", "--heads", "4",

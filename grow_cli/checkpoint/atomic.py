@@ -99,6 +99,20 @@ def atomic_file(final: str | Path, mode: int | None = None) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def default_file_mode() -> int:
+    """The mode `open()` gives a new file: 0666 less the process's umask (0644 under the usual 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def give_default_mode(path: Path) -> None:
+    """Give `path` the mode every other output file has. Writers that go through a private
+    temporary file of their own (safetensors' `save_file`) leave 0600 behind, which other users
+    of a shared model directory cannot read."""
+    path.chmod(default_file_mode())
+
+
 def write_text_atomic(final: str | Path, text: str, mode: int | None = None) -> Path:
     """Replace `final` with `text` atomically (see `atomic_file`)."""
     with atomic_file(final, mode) as tmp:

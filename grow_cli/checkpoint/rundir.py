@@ -169,3 +169,12 @@ def write_run_record(run: RunSpec) -> None:
 
 def write_summary(run_dir: Path, summary: dict) -> None:
     write_json_atomic(Path(run_dir) / SUMMARY_FILE, summary)
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    """The run's `summary.json` (None when the last attempt did not get to write one)."""
+    path = Path(run_dir) / SUMMARY_FILE
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None

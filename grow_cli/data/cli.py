@@ -110,7 +110,7 @@ def prepare(
 
 
 def _print_summary(result) -> None:
-    from rich.console import Console
+    from grow_cli.console import stdout_console
     from rich.table import Table
 
     info = result.info
@@ -123,7 +123,7 @@ def _print_summary(result) -> None:
         table.add_row(split, f"{counts.documents:,}", f"{counts.tokens:,}", info.split_prefix(split) + ".{bin,idx}")
     total = info.train.tokens + info.valid.tokens
     table.add_row("total", f"{info.train.documents + info.valid.documents:,}", f"{total:,}", f"{info.prefix}.json")
-    console = Console()
+    console = stdout_console()
     console.print(table)
     console.print(
         f"{result.tokens_per_second:,.0f} tokens/s with {result.workers} worker(s) in {result.seconds:.1f} s"

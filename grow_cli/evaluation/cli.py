@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from grow_cli.errors import GrowError
+from grow_cli.evaluation.cache import CACHE_ENV, DEFAULT_CACHE
 
 EPILOG = (
     "Examples:\n\n"
@@ -49,6 +50,7 @@ def eval_command(
     markdown: Annotated[Path | None, typer.Option(help="Write the tables as markdown to this file.")] = None,
     plots: Annotated[Path | None, typer.Option(help="Write PNG figures into this directory.")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing --markdown file or --plots directory.")] = False,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help=f"Reuse the results of a checkpoint whose files, text, tasks and settings are unchanged since it was last evaluated (kept in ${CACHE_ENV}, default {DEFAULT_CACHE}).")] = True,
 ) -> None:
     """Evaluate checkpoints: perplexity, zero-shot tasks (lm-eval) and layer diagnostics, as a series table.
 
@@ -89,6 +91,7 @@ def eval_command(
         task_data=task_data,
         tp=tp,
         dtype=dtype,
+        cache=cache,
         settings=RunSettings(
             batch_size=batch_size,
             diagnostics=layers,
@@ -133,7 +136,7 @@ def _progress(console):
 
 
 def _emit(reports, as_json: bool, markdown: Path | None, plots: Path | None, force: bool) -> None:
-    from rich.console import Console
+    from grow_cli.console import stdout_console
 
     from grow_cli.evaluation.report import tables, to_json, to_markdown, to_rich
 
@@ -141,7 +144,7 @@ def _emit(reports, as_json: bool, markdown: Path | None, plots: Path | None, for
     if as_json:
         typer.echo(json.dumps(to_json(reports), indent=2))
     else:
-        console = Console()
+        console = stdout_console()
         for table in rendered:
             console.print(to_rich(table))
     if markdown is not None:

@@ -8,7 +8,7 @@ seconds with one line. Under torchrun every rank runs this; rank 0 alone prints 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from grow_cli.dtypes import torch_dtype
@@ -31,6 +31,7 @@ class EvalRequest:
     tp: int = 1
     dtype: str = "auto"
     settings: RunSettings = field(default_factory=RunSettings)
+    cache: bool = True  # reuse the results of an unchanged checkpoint (grow_cli.evaluation.cache)
 
 
 def check_request(request: EvalRequest) -> None:
@@ -86,14 +87,18 @@ def _load_text(request: EvalRequest, infos: list):
 
 
 def run_eval(request: EvalRequest, progress: Progress | None = None) -> list[ModelReport] | None:
-    """Evaluate every checkpoint; returns the reports on rank 0 (None on other ranks)."""
-    check_request(request)
+    """Evaluate every checkpoint; returns the reports on rank 0 (None on other ranks).
+
+    The checkpoints are checked first: a mistyped path is the mistake to name, not the missing
+    --data that the flags would report otherwise."""
     from grow_cli.checkpoint.metadata import read_info
     from grow_cli.checkpoint.tensors import validate_checkpoint
     from grow_cli.evaluation.tasks import parse_tasks, prepare_task_configs
     from grow_cli.evaluation.text import check_vocab
 
-    infos = [read_info(validate_checkpoint(path)) for path in request.checkpoints]
+    request = replace(request, checkpoints=tuple(validate_checkpoint(path) for path in request.checkpoints))
+    check_request(request)
+    infos = [read_info(path) for path in request.checkpoints]
     text, tokenizer = _load_text(request, infos)
     for path, info in zip(request.checkpoints, infos):
         if text is not None:
@@ -107,12 +112,26 @@ def run_eval(request: EvalRequest, progress: Progress | None = None) -> list[Mod
     specs = parse_tasks(",".join(request.tasks)) if request.tasks else []
     with tempfile.TemporaryDirectory(prefix="grow-eval-tasks-") as scratch:
         configs = prepare_task_configs(specs, request.task_data, Path(scratch)) if specs else []
-        return _evaluate_all(request, text, tokenizer, specs, configs, progress)
+        cache = _cache(request, text, tokenizer, specs)
+        return _evaluate_all(request, infos, text, tokenizer, specs, configs, cache, progress)
 
 
-def _evaluate_all(request, text, tokenizer, specs, configs, progress) -> list[ModelReport] | None:
+def _cache(request: EvalRequest, text, tokenizer, specs):
+    from grow_cli.evaluation.cache import EvalCache, cache_directory, inputs_identity
+    from grow_cli.evaluation.tasks import find_task_file
+
+    if not request.cache:
+        return EvalCache(None, {})
+    task_files = [(spec.name, find_task_file(spec, request.task_data)) for spec in specs]
+    dtype = str(_torch_dtype(request.dtype))
+    return EvalCache(cache_directory(), inputs_identity(text, tokenizer, task_files, request.settings, request.tp, dtype))
+
+
+def _evaluate_all(request, infos, text, tokenizer, specs, configs, cache, progress) -> list[ModelReport] | None:
     import torch
 
+    from grow_cli.console import stderr_console
+    from grow_cli.evaluation.cache import Measurements
     from grow_cli.evaluation.forward import load_eval_model
     from grow_cli.evaluation.runner import evaluate_checkpoint
     from grow_cli.runtime.distributed import init_distributed, shutdown
@@ -126,15 +145,25 @@ def _evaluate_all(request, text, tokenizer, specs, configs, progress) -> list[Mo
         )
     dtype = _torch_dtype(request.dtype)
     reports = []
+    notes = stderr_console()
+    # every rank looks up every checkpoint before any is evaluated, so all agree on what to skip
+    stored = [cache.load(path) for path in request.checkpoints]
     try:
-        for path in request.checkpoints:
+        for path, info, hit in zip(request.checkpoints, infos, stored):
+            if hit is not None:
+                measurements, file = hit
+                if runtime.is_main:
+                    notes.print(f"{path}: unchanged since it was evaluated like this, results from {file} (--no-cache recomputes)", highlight=False, soft_wrap=True)
+                reports.append(measurements.report(path, info))
+                continue
             model = load_eval_model(path, runtime, dtype)
-            reports.append(
-                evaluate_checkpoint(
-                    model, tokenizer, text, specs, configs, request.settings,
-                    progress if runtime.is_main else None,
-                )
+            report = evaluate_checkpoint(
+                model, tokenizer, text, specs, configs, request.settings,
+                progress if runtime.is_main else None,
             )
+            reports.append(report)
+            if runtime.is_main and (warning := cache.store(path, Measurements.of(report))):
+                notes.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
             del model
             if runtime.policy.cuda:
                 torch.cuda.empty_cache()

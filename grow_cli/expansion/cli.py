@@ -116,7 +116,7 @@ def _dry_run(source: Path, out: Optional[Path], request, options, force: bool, a
             ],
         }, indent=2))
         return
-    from rich.console import Console
+    from grow_cli.console import stdout_console
     from rich.markup import escape
     from rich.table import Table
 
@@ -125,7 +125,7 @@ def _dry_run(source: Path, out: Optional[Path], request, options, force: bool, a
         table.add_column(column, overflow="fold")
     for m in mappings:
         table.add_row(m.key, str(list(m.source_shape)), str(list(m.shape)), m.dtype, escape(m.operator))
-    console = Console()
+    console = stdout_console()
     console.print(table)
     console.print(
         f"would read {format_bytes(bytes_read)} from {source} (re-reads included) and write {format_bytes(bytes_written)}"
@@ -196,7 +196,7 @@ def _report(result, check, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
-    from rich.console import Console
+    from grow_cli.console import stdout_console
     from rich.table import Table
 
     from grow_cli.units import format_count
@@ -217,7 +217,7 @@ def _report(result, check, as_json: bool) -> None:
         table.add_row("loss", f"source {check.loss_source:.4f} -> expanded {check.loss_target:.4f}")
         table.add_row("max |dlogit|", f"{check.max_abs_dlogit:.3g} (max |logit| {check.max_abs_logit:.3g}, "
                       f"relative {check.relative_dlogit:.2g})")
-    console = Console()
+    console = stdout_console()
     console.print(table)
     for note in result.notes:
         console.print(f"note: {note}")

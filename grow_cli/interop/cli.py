@@ -74,7 +74,7 @@ def export_command(
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=2))
         return
-    from rich.console import Console
+    from grow_cli.console import stderr_console, stdout_console
     from rich.table import Table
 
     table = Table(title=f"exported {result.checkpoint} -> {result.out}", show_header=False)
@@ -85,10 +85,10 @@ def export_command(
     table.add_row("tokenizer", result.tokenizer or "none (weights only)")
     table.add_row("files", ", ".join(result.files))
     table.add_row("time", f"{result.seconds:.1f} s")
-    console = Console()
-    console.print(table)
+    stdout_console().print(table)
+    warnings = stderr_console()
     for warning in result.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
+        warnings.print(f"[yellow]warning:[/yellow] {warning}")
 
 
 def import_command(
@@ -116,7 +116,7 @@ def import_command(
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=2))
         return
-    from rich.console import Console
+    from grow_cli.console import stderr_console, stdout_console
     from rich.table import Table
 
     shape = result.info.shape
@@ -129,10 +129,10 @@ def import_command(
     tokenizer = result.info.tokenizer
     table.add_row("tokenizer", f"{tokenizer.describe()}, files in tokenizer/" if tokenizer else "none recorded")
     table.add_row("time", f"{result.seconds:.1f} s")
-    console = Console()
-    console.print(table)
+    stdout_console().print(table)
+    warnings = stderr_console()
     for warning in result.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
+        warnings.print(f"[yellow]warning:[/yellow] {warning}")
 
 
 def register(app: typer.Typer) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from grow_cli.checkpoint.atomic import give_default_mode
 from grow_cli.errors import GrowError
 
 SINGLE_FILE = "model.safetensors"
@@ -91,6 +92,7 @@ def write_shards(
             data[name] = tensor
             on_tensor(name, tensor.nbytes)
         save_file(data, str(out_dir / shard.file), metadata={"format": "pt"})
+        give_default_mode(out_dir / shard.file)
         del data
     if len(shards) > 1:
         index = {

@@ -122,7 +122,7 @@ def plan_command(
 
       grow plan --sizes 2M,4M --tokens-per-param 20 --seq-len 128 --global-batch 8
     """
-    from rich.console import Console
+    from grow_cli.console import stderr_console, stdout_console
 
     from grow_cli.checkpoint.atomic import check_output
     from grow_cli.planning.lr import ScheduleRule
@@ -175,8 +175,8 @@ def plan_command(
     if as_json:
         typer.echo(json.dumps(plan_json(plan), indent=2))
         return
-    console = Console()
-    render(plan, console)
+    console = stdout_console()
+    render(plan, console, stderr_console())
     for path, what in ((out, "plan"), (plot, "plot")):
         if path is not None:
             console.print(f"wrote {what} {path}")

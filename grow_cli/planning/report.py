@@ -165,8 +165,10 @@ def _table(title: str) -> Table:
     return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
 
 
-def render(plan: Plan, console: Console) -> None:
-    """Print the shapes, budget and training tables, the totals and the conventions table."""
+def render(plan: Plan, console: Console, warnings: Console) -> None:
+    """Print the shapes, budget and training tables, the totals and the conventions table on
+    `console`, and the memory warnings on `warnings` (stderr: a pipe or log of the tables still
+    shows them, and they do not pass for part of the result)."""
     totals, gpu, layout = plan.totals, _gpu(plan), plan.stages[0].layout
     prefix, scale = flop_unit(max(s.flops_scratch for s in plan.stages))
     unit = f"{prefix}FLOPs"
@@ -294,4 +296,4 @@ def render(plan: Plan, console: Console) -> None:
     console.print(conventions)
 
     for advice in memory_advice(plan):
-        console.print(f"[bold red]warning:[/bold red] {advice.message(gpu, layout)}")
+        warnings.print(f"[bold red]warning:[/bold red] {advice.message(gpu, layout)}")

@@ -71,7 +71,7 @@ def _train(options: PretrainOptions, as_json: bool) -> None:
 
 
 def _print_summary(summary) -> None:
-    from rich.console import Console
+    from grow_cli.console import stdout_console
     from rich.table import Table
 
     from grow_cli.units import format_count
@@ -97,7 +97,7 @@ def _print_summary(summary) -> None:
     ]
     for name, value in rows:
         table.add_row(name, value)
-    Console().print(table)
+    stdout_console().print(table)
 
 
 def options_to_argv(options: PretrainOptions) -> list[str]:

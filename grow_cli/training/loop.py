@@ -18,8 +18,16 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from grow_cli.checkpoint.rundir import check_run_directory, write_run_record, write_summary
+from grow_cli.checkpoint.rundir import (
+    check_run_directory,
+    read_summary,
+    run_checkpoints,
+    write_run_record,
+    write_summary,
+)
+from grow_cli.console import stderr_console
 from grow_cli.layout import Layout
+from grow_cli.runtime.env import is_main
 from grow_cli.training.checkpointing import TrainState, initial_info, load_train_checkpoint, save_train_checkpoint
 from grow_cli.training.config import TrainConfig
 from grow_cli.training.metrics import (
@@ -62,12 +70,21 @@ class TrainSummary:
     def to_json(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_json(cls, data: dict) -> "TrainSummary":
+        return cls(**{**data, "layout": Layout(**data["layout"])})
+
 
 def pretrain(config: TrainConfig, objective: Objective | None = None) -> TrainSummary:
     """Train `config` on this process's rank; collective across the launch. Returns the summary."""
     from grow_cli.runtime.distributed import init_distributed, shutdown
 
     resume = check_run_directory(config)
+    finished = _finished_summary(config)
+    if finished is not None:
+        if is_main() and not config.quiet:
+            stderr_console().print(_nothing_to_do(config), highlight=False, soft_wrap=True)
+        return finished
     layout = config.parallel.layout
     runtime = init_distributed(layout.tp, layout.pp, seed=config.seed)
     try:
@@ -76,6 +93,28 @@ def pretrain(config: TrainConfig, objective: Objective | None = None) -> TrainSu
         return _Run(config, runtime, objective or LanguageModeling(), resume).execute()
     finally:
         shutdown()
+
+
+def _nothing_to_do(config: TrainConfig) -> str:
+    return f"{config.out} already holds the finished run ({config.batch.train_iters} iterations): nothing to do"
+
+
+def _finished_summary(config: TrainConfig) -> TrainSummary | None:
+    """The recorded summary of a run that already completed, else None.
+
+    A re-run of a finished run has nothing to train: it builds no model and rewrites no record
+    (the losses and throughput in summary.json are known only to the run that trained). Without
+    a completed summary (the last attempt died after its final checkpoint) the run starts as
+    usual and finds nothing to do itself.
+    """
+    found = run_checkpoints(config.out)
+    train_iters = config.batch.train_iters
+    if not found or found[-1][0] < train_iters:
+        return None
+    recorded = read_summary(config.out)
+    if recorded is None or recorded.get("status") != "completed" or recorded.get("iteration") != train_iters:
+        return None
+    return TrainSummary.from_json(recorded)
 
 
 class _Run:
@@ -177,7 +216,7 @@ class _Run:
                 self._start_record()
                 train_iters = self.config.batch.train_iters
                 if self.start_iteration >= train_iters:
-                    self.log.note(f"{self.config.out} already holds the finished run ({train_iters} iterations): nothing to do")
+                    self.log.note(_nothing_to_do(self.config))
                     return self._summary("completed", IntervalAverage())
                 status, last = self._train(signals)
                 if status == "completed" and self.last_eval != self.state.iteration:
