@@ -115,27 +115,33 @@ class _Run:
         self.train_ds, self.valid_ds = build_datasets(
             config.data,
             config.shape.seq_len,
-            train_samples=batch.train_iters * batch.global_batch,
+            train_samples=config.window.dataset_samples(batch.train_iters * batch.global_batch),
             valid_samples=eval_iters * batch.global_batch,
-            seed=config.seed,
+            seed=config.window.seed,
         )
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.start_iteration = self.state.iteration
         self.log = MetricsLog(config, self.runtime.is_main, self.state.iteration)
 
-    def _sample_batches(self, dataset, consumed: int):
-        """This DP rank's micro-batches of `dataset` from global sample `consumed` on."""
+    def _sample_batches(self, dataset, consumed: int, window=None):
+        """This DP rank's micro-batches of `dataset` from global sample `consumed` on, read
+        through the run's data `window` (training) or from the start (validation)."""
         from grow_cli.data.datasets import SampleBatches
 
         policy = self.runtime.policy
+        batch = self.config.batch
+        placement = {} if window is None else {
+            "offset": window.start, "wrap": window.wrap, "samples": batch.train_iters * batch.global_batch,
+        }
         return SampleBatches(
             dataset,
-            self.config.batch.micro_batch,
+            batch.micro_batch,
             dp_rank=self.dp_rank,
             dp_size=self.runtime.layout.dp,
             consumed_samples=consumed,
             num_workers=policy.loader_workers,
             pin_memory=policy.pin_memory,
+            **placement,
         )
 
     def _start_record(self) -> None:
@@ -190,7 +196,7 @@ class _Run:
         """Steps until the end, an --exit-interval or a stop signal; returns (status, last interval)."""
         intervals = self.config.intervals
         train_iters = self.config.batch.train_iters
-        batches = self._sample_batches(self.train_ds, self.state.consumed_samples)
+        batches = self._sample_batches(self.train_ds, self.state.consumed_samples, self.config.window)
         interval, last = IntervalAverage(), IntervalAverage()
         while self.state.iteration < train_iters:
             started = time.perf_counter()
