@@ -46,7 +46,7 @@ def _check_options(options: SeriesOptions, launch: LaunchOptions) -> None:
     for name in ("log_interval", "eval_interval", "eval_iters", "save_interval"):
         if getattr(options, name) < 1:
             raise GrowError(f"--{name.replace('_', '-')} must be positive, got {getattr(options, name)}")
-    if options.scratch_lr <= 0:
+    if options.scratch_lr is not None and options.scratch_lr <= 0:
         raise GrowError(f"--scratch-lr must be positive, got {options.scratch_lr}")
     if launch.nproc_per_node < 1:
         raise GrowError(f"--nproc-per-node must be positive, got {launch.nproc_per_node}")

@@ -21,7 +21,6 @@ LAUNCH = "Launch"
 
 DEFAULT_WIDTH = "aki"  # the reference method's operators (bert2BERT AKI width, stacked depth)
 DEFAULT_DEPTH = "stack"
-DEFAULT_SCRATCH_LR = 3.0e-4  # the reference's from-scratch rate (spec §1); training.options.DEFAULT_LR
 
 
 @dataclass(frozen=True)
@@ -43,8 +42,9 @@ class SeriesOptions:
         bool, option("--with-scratch", "Also train sizes 2..n from scratch at their scratch budgets (the baselines).", SERIES)
     ] = False
     scratch_lr: Annotated[
-        float, option("--scratch-lr", "Peak learning rate of the from-scratch baselines.", SERIES)
-    ] = DEFAULT_SCRATCH_LR
+        Optional[float],
+        option("--scratch-lr", "Peak learning rate of the from-scratch baselines (default: the plan's rate for the size, 3e-4 for 8B on the reference ladder).", SERIES),
+    ] = None
     seed: Annotated[int, option("--seed", "Seed of initialisation and data order of every run.", RUNS)] = 1234
     log_interval: Annotated[int, option("--log-interval", "Log every N steps.", RUNS)] = 10
     eval_interval: Annotated[int, option("--eval-interval", "Validate every N steps (and at the end).", RUNS)] = 1000

@@ -103,10 +103,12 @@ def _expand(stage: StagePlan, previous: StagePlan, plan_path: str, options: Seri
 
 
 def _scratch(stage: StagePlan, plan_path: str, options: SeriesOptions, layout: SeriesLayout) -> Step:
-    lr = options.scratch_lr
+    """Without --scratch-lr the plan's LR and schedule of the size: the reference trains its 8B
+    baseline at 3e-4, the ladder's rate for 8B."""
     argv = ["pretrain", "--plan", plan_path, "--stage", str(stage.index), "--from-scratch", "--data", options.data,
-            "--out", str(layout.scratch(stage.name)), "--tokens", str(round(stage.tokens_scratch)),
-            "--lr", f"{lr:g}", "--min-lr", f"{lr / 10:g}", *_run_flags(options)]
+            "--out", str(layout.scratch(stage.name)), "--tokens", str(round(stage.tokens_scratch)), *_run_flags(options)]
+    if options.scratch_lr is not None:
+        argv += ["--lr", f"{options.scratch_lr:g}", "--min-lr", f"{options.scratch_lr / 10:g}"]
     return Step(f"{SCRATCH}-{stage.name}", SCRATCH, stage.name, tuple(argv), layout.scratch(stage.name))
 
 

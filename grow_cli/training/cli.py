@@ -90,7 +90,8 @@ def _print_summary(summary) -> None:
         ("train loss (last interval)", fmt(summary.loss, ".4f")),
         ("validation loss", fmt(summary.valid_loss, ".4f")),
         ("training time", f"{summary.train_seconds:.1f} s"),
-        ("throughput", f"{fmt(summary.tokens_per_s, ',.0f')} tokens/s on {summary.world_size} x {summary.device}"),
+        ("throughput", f"{fmt(summary.tokens_per_s_average, ',.0f')} tokens/s on {summary.world_size} x {summary.device} "
+                       f"(last interval {fmt(summary.tokens_per_s, ',.0f')})"),
         ("model TFLOP/s per device", fmt(summary.tflops_per_gpu, ".3g")),
         ("MFU", "-" if summary.mfu is None else f"{100 * summary.mfu:.1f}%"),
         ("layout", summary.layout.describe()),

@@ -52,7 +52,8 @@ class TrainSummary:
     valid_loss: float | None
     checkpoint: str | None
     train_seconds: float
-    tokens_per_s: float | None
+    tokens_per_s: float | None  # the last log interval
+    tokens_per_s_average: float | None  # the whole run: tokens over time in training steps
     tflops_per_gpu: float | None
     mfu: float | None
     device: str
@@ -311,13 +312,14 @@ class _Run:
         config = self.config
         throughput = self._throughput(last) if last.steps else None
         checkpoint = self.saved_path or self.resume
+        tokens = self.state.consumed_samples * config.shape.seq_len
         summary = TrainSummary(
             status=status,
             out=str(config.out),
             iteration=self.state.iteration,
             train_iters=config.batch.train_iters,
             consumed_samples=self.state.consumed_samples,
-            tokens=self.state.consumed_samples * config.shape.seq_len,
+            tokens=tokens,
             flops=self.state.flops,
             flops_convention=FLOPS_CONVENTION,
             loss=self.last_loss,
@@ -325,6 +327,7 @@ class _Run:
             checkpoint=str(checkpoint) if checkpoint else None,
             train_seconds=self.state.train_seconds,
             tokens_per_s=throughput.tokens_per_s if throughput else None,
+            tokens_per_s_average=tokens / self.state.train_seconds if self.state.train_seconds > 0 else None,
             tflops_per_gpu=throughput.tflops_per_device if throughput else None,
             mfu=throughput.mfu if throughput else None,
             device=self.device_name,
