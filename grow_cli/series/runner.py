@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -151,15 +152,33 @@ class SeriesRunner:
         self._record(step.name, state=DONE, seconds=seconds)
 
     def _wait(self, proc: subprocess.Popen, step: Step, started: float, live) -> str:
-        """Refresh the overview until the step's process exits; the eval step's stdout is kept."""
-        if step.kind == EVAL:
-            captured, _ = proc.communicate()
-            return captured
-        while proc.poll() is None:
-            self.state = self.state.with_step(step.name, seconds=now() - started)
-            live.update(overview(self.steps, self.state), refresh=True)
-            time.sleep(POLL_S)
-        return ""
+        """Refresh the overview until the step's process exits; the eval step's stdout is kept.
+
+        Stopped itself (Ctrl-C, SIGTERM), the series passes SIGTERM on to the step, which saves a
+        checkpoint and exits (that is how `grow pretrain` handles it), so a re-run resumes it.
+        """
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        try:
+            if step.kind == EVAL:
+                captured, _ = proc.communicate()
+                return captured
+            while proc.poll() is None:
+                self.state = self.state.with_step(step.name, seconds=now() - started)
+                live.update(overview(self.steps, self.state), refresh=True)
+                time.sleep(POLL_S)
+            return ""
+        except BaseException:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait()
+            self._record(step.name, state=FAILED, seconds=now() - started, message="interrupted")
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _last_line(log: Path) -> str:
