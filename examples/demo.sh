@@ -3,7 +3,8 @@
 #   train a 2K-token byte-level BPE -> prepare the data -> plan a 0.5M -> 1M -> 2M series
 #   (budgets equal in real FLOPs, Megatron convention, output layer included) -> `grow series`
 #   with the from-scratch baselines, twice (two seeds, so the noise is visible) -> the verdict.
-# About 15 minutes on two idle cores; `--quick` runs the same pipeline on a smaller corpus and
+# Meant for about 15 minutes on two idle cores (measured: 40 minutes on a heavily loaded shared
+# machine, docs/benchmarks.md); `--quick` runs the same pipeline on a smaller corpus and
 # budget (CI). Re-running continues where a killed run stopped: `grow series` skips finished
 # steps and resumes an interrupted training from its last checkpoint.
 #
