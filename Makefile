@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install assets test test-fast test-compat demo bench gpu-wheels clean
+.PHONY: install assets test test-fast test-compat demo demo-quick bench gpu-wheels clean
 
 install: $(VENV)/.installed $(ASSETS)/.installed
 
@@ -60,6 +60,10 @@ test-compat: $(VENV_COMPAT)/.installed $(ASSETS)/.installed
 
 demo: install
 	GROW=$(CURDIR)/$(BIN)/grow bash examples/demo.sh $(DEMO_DIR)
+
+# The same pipeline on a smaller corpus and budget, one seed (CI).
+demo-quick: install
+	GROW=$(CURDIR)/$(BIN)/grow bash examples/demo.sh --quick $(DEMO_DIR)-quick
 
 # Each benchmark prints its table beside its baseline and appends a section to docs/benchmarks.md.
 bench: install

@@ -18,7 +18,7 @@ app = typer.Typer(
         "Build a series of language models (say 1B, 2B, 4B, 8B) for the price of training the "
         "largest: train the smallest, expand it into the next size, keep training, repeat.\n\n"
         "Typical flow: grow plan -> grow data prepare -> grow pretrain -> grow expand -> "
-        "grow pretrain -> grow eval."
+        "grow pretrain -> grow eval, or all of it at once: grow series."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -31,6 +31,7 @@ from grow_cli.evaluation.cli import EPILOG as EVAL_EPILOG, eval_command  # noqa:
 from grow_cli.expansion.cli import expand_command  # noqa: E402
 from grow_cli.interop.cli import register as register_interop  # noqa: E402
 from grow_cli.planning.cli import plan_command  # noqa: E402
+from grow_cli.series.cli import EPILOG as SERIES_EPILOG, HELP as SERIES_HELP, series_command  # noqa: E402
 from grow_cli.training.cli import register as register_training  # noqa: E402
 
 app.command("plan")(plan_command)
@@ -39,6 +40,7 @@ register_training(app)  # pretrain, slurm
 app.command("expand")(expand_command)
 app.command("eval", epilog=EVAL_EPILOG)(eval_command)
 register_interop(app)  # export, import
+app.command("series", help=SERIES_HELP, epilog=SERIES_EPILOG, no_args_is_help=True)(series_command)
 
 
 def main() -> None:

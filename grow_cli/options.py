@@ -14,6 +14,7 @@ import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import MISSING, fields
+from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
 import typer
@@ -58,6 +59,25 @@ def flags_of(group: type) -> dict[str, tuple[str, str | None]]:
         on, _, off = str(info.default).partition("/")  # in Annotated, Option's first positional is the flag
         result[name] = (on, off or None)
     return result
+
+
+def argv_of(options: Any, paths: frozenset[str] = frozenset()) -> list[str]:
+    """The flags that reproduce a dataclass of options: values at their default are left out,
+    booleans become their on/off flag, list values repeat the flag, and the fields named in
+    `paths` are made absolute (the command may run in another directory, e.g. a SLURM job)."""
+    flags = flags_of(type(options))
+    argv: list[str] = []
+    for f in fields(options):
+        value = getattr(options, f.name)
+        if value is None or (f.default is not MISSING and value == f.default):
+            continue
+        on, off = flags[f.name]
+        if isinstance(value, bool):
+            argv.append(on if value else off)
+            continue
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            argv += [on, str(Path(item).expanduser().resolve()) if f.name in paths else str(item)]
+    return argv
 
 
 def option(flag: str, help: str, panel: str | None = None) -> OptionInfo:

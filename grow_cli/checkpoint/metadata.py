@@ -12,7 +12,7 @@ lacks (written by an older grow) read as their defaults.
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from grow_cli.data.tokenizer_record import TokenizerRecord
@@ -21,6 +21,36 @@ from grow_cli.shape import ModelShape
 
 COMMON_KEY = "grow"
 FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DataConsumed:
+    """The training samples a pretrain run read, so that the next stage can read new ones.
+
+    Samples are indices into GPTDataset's order of the prefix's train split at `seq_len`
+    and `seed` (the order is fixed by those and the data's `fingerprint`). Step k of the run read
+    positions `start + k * global_batch ... start + (k + 1) * global_batch - 1`, each taken modulo
+    `wrap` when the run reads a capped corpus (`--fixed-data` plans), and `samples` positions were
+    read in all by the time the checkpoint was written.
+    """
+
+    prefix: str
+    fingerprint: str
+    seed: int
+    seq_len: int
+    start: int = 0
+    samples: int = 0
+    wrap: int | None = None
+
+    @property
+    def end(self) -> int:
+        """The position after the last sample read (before wrapping)."""
+        return self.start + self.samples
+
+    def indices(self, first: int, count: int) -> list[int]:
+        """Dataset indices of the run's samples `first .. first + count - 1`."""
+        positions = range(self.start + first, self.start + first + count)
+        return [p % self.wrap for p in positions] if self.wrap else list(positions)
 
 
 @dataclass(frozen=True)
@@ -36,6 +66,10 @@ class PretrainDetails:
     lr: float | None = None
     min_lr: float | None = None
     seed: int | None = None
+    data_consumed: DataConsumed | None = None  # None: written by a grow that did not record it
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -77,6 +111,8 @@ def _details_from_dict(op: str, data: dict) -> StepDetails:
     values = {key: value for key, value in data.items() if key in known}
     if kind is ExpandDetails and values.get("source_shape") is not None:
         values["source_shape"] = ModelShape.from_dict(values["source_shape"])
+    if kind is PretrainDetails and values.get("data_consumed") is not None:
+        values["data_consumed"] = DataConsumed(**values["data_consumed"])
     return kind(**values)
 
 
@@ -102,7 +138,7 @@ class LineageStep:
             raise TypeError(f"a {self.op} step needs {kind.__name__}, got {type(self.details).__name__}")
 
     def to_dict(self) -> dict:
-        details = self.details.to_dict() if isinstance(self.details, ExpandDetails) else asdict(self.details)
+        details = asdict(self.details) if isinstance(self.details, ImportDetails) else self.details.to_dict()
         return {"op": self.op, "source": self.source, "source_id": self.source_id, "details": details}
 
     @classmethod
@@ -136,6 +172,25 @@ class CheckpointInfo:
             tokenizer=changes.pop("tokenizer", self.tokenizer),
             **changes,
         )
+
+    def data_consumed(self) -> DataConsumed | None:
+        """What the last pretrain run in the lineage read up to this checkpoint: the checkpoint's
+        own run, or the run an expansion (the steps after it) read its source from."""
+        for index in range(len(self.lineage) - 1, -1, -1):
+            step = self.lineage[index]
+            if step.op == "import":
+                return None
+            if step.op == "pretrain":
+                return step.details.data_consumed
+        return None
+
+    def with_samples_read(self, samples: int) -> "CheckpointInfo":
+        """This info with its own (last) pretrain step's `data_consumed.samples` set."""
+        last = self.lineage[-1] if self.lineage else None
+        if last is None or last.op != "pretrain" or last.details.data_consumed is None:
+            return self
+        details = replace(last.details, data_consumed=replace(last.details.data_consumed, samples=samples))
+        return replace(self, lineage=(*self.lineage[:-1], replace(last, details=details)))
 
     def to_dict(self) -> dict:
         data = asdict(self)

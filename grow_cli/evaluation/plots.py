@@ -121,7 +121,8 @@ def plot_loss_vs_flops(curves: list[LossCurve], path: Path) -> Path:
     for curve in curves:
         color = colors.setdefault(curve.name, f"C{len(colors)}")
         style = "-" if curve.method == "growth" else "--"
-        ax.plot(curve.flops, curve.loss, linestyle=style, color=color, label=f"{curve.name} {curve.method}")
+        # markers: a run validated once is a point, which a bare line would not draw
+        ax.plot(curve.flops, curve.loss, linestyle=style, marker="o", markersize=3, color=color, label=f"{curve.name} {curve.method}")
     ax.set_xscale("log")
     ax.set_xlabel("cumulative training FLOPs, earlier stages included (metrics.jsonl: Megatron-LM convention)")
     ax.set_ylabel("validation loss")

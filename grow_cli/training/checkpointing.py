@@ -49,7 +49,9 @@ class TrainState:
 
 # ---- lineage -----------------------------------------------------------------------------
 def initial_info(config: TrainConfig) -> CheckpointInfo:
-    """The grow record of this run's checkpoints: its lineage ends with this pretrain step."""
+    """The grow record of this run's checkpoints: its lineage ends with this pretrain step
+    (whose `data_consumed.samples` each save updates)."""
+    data = read_data_info(config.data)
     details = PretrainDetails(
         stage=config.stage or config.model.name,
         plan=config.plan,
@@ -60,6 +62,7 @@ def initial_info(config: TrainConfig) -> CheckpointInfo:
         lr=config.optimizer.lr,
         min_lr=config.optimizer.min_lr,
         seed=config.seed,
+        data_consumed=config.window.consumed(config.data, data.fingerprint, config.shape.seq_len),
     )
     parent = read_info(config.init) if config.init else None
     step = LineageStep(
@@ -69,7 +72,7 @@ def initial_info(config: TrainConfig) -> CheckpointInfo:
         details=details,
     )
     lineage = (*(parent.lineage if parent else ()), step)
-    tokenizer = read_data_info(config.data).tokenizer  # the model's tokenizer is its data's
+    tokenizer = data.tokenizer  # the model's tokenizer is its data's
     return CheckpointInfo(shape=config.shape, stage=config.stage or config.model.name, lineage=lineage, tokenizer=tokenizer)
 
 
@@ -186,7 +189,8 @@ def save_train_checkpoint(config: TrainConfig, engine, state: TrainState, info: 
         },
     }
     record = replace(
-        info, iteration=state.iteration, consumed_samples=state.consumed_samples, checkpoint_id=checkpoint_id
+        info.with_samples_read(state.consumed_samples),
+        iteration=state.iteration, consumed_samples=state.consumed_samples, checkpoint_id=checkpoint_id,
     )
     path = config.out / checkpoint_name(state.iteration)
     save_model_checkpoint(path, engine.gpt, record, extra_state=extra, force=True, sharded_strategy=_save_strategy())

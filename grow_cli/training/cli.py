@@ -9,14 +9,14 @@ inside the command bodies only.
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import typer
 from typer.core import TyperCommand
 
 from grow_cli.errors import GrowError
-from grow_cli.options import command_from, flags_of
+from grow_cli.options import argv_of, command_from, flags_of
 from grow_cli.training.options import PretrainOptions, ReportOptions, SlurmOptions
 
 PRETRAIN_HELP = (
@@ -90,7 +90,8 @@ def _print_summary(summary) -> None:
         ("train loss (last interval)", fmt(summary.loss, ".4f")),
         ("validation loss", fmt(summary.valid_loss, ".4f")),
         ("training time", f"{summary.train_seconds:.1f} s"),
-        ("throughput", f"{fmt(summary.tokens_per_s, ',.0f')} tokens/s on {summary.world_size} x {summary.device}"),
+        ("throughput", f"{fmt(summary.tokens_per_s_average, ',.0f')} tokens/s on {summary.world_size} x {summary.device} "
+                       f"(last interval {fmt(summary.tokens_per_s, ',.0f')})"),
         ("model TFLOP/s per device", fmt(summary.tflops_per_gpu, ".3g")),
         ("MFU", "-" if summary.mfu is None else f"{100 * summary.mfu:.1f}%"),
         ("layout", summary.layout.describe()),
@@ -102,21 +103,7 @@ def _print_summary(summary) -> None:
 
 def options_to_argv(options: PretrainOptions) -> list[str]:
     """`grow pretrain ...` arguments reproducing `options` (paths made absolute for the job)."""
-    flags = flags_of(PretrainOptions)
-    paths = {"data", "out", "plan", "init"}
-    argv = ["pretrain"]
-    for f in fields(PretrainOptions):
-        value = getattr(options, f.name)
-        if value is None or (f.default is not MISSING and value == f.default):
-            continue
-        on, off = flags[f.name]
-        if isinstance(value, bool):
-            argv.append(on if value else off)
-            continue
-        if f.name in paths:
-            value = str(Path(value).expanduser().resolve())
-        argv += [on, str(value)]
-    return argv
+    return ["pretrain", *argv_of(options, frozenset({"data", "out", "plan", "init"}))]
 
 
 def _write_slurm(options: PretrainOptions, slurm: SlurmOptions, as_json: bool) -> None:

@@ -25,9 +25,11 @@ from grow_cli.runtime import env
 from grow_cli.runtime.fusions import Extensions
 from grow_cli.shape import DEFAULT_SEQ_LEN, ModelShape
 from grow_cli.training.options import DEFAULT_GLOBAL_BATCH, DEFAULT_LR, DEFAULT_MICRO_BATCH, PretrainOptions
+from grow_cli.training.data_window import DataWindow, resolve_window
 from grow_cli.training.speed import RunFacts, SpeedSettings, resolve_speed
 
 if TYPE_CHECKING:
+    from grow_cli.checkpoint.metadata import DataConsumed
     from grow_cli.data.info import DataInfo
     from grow_cli.planning.planfile import StagePlan
 
@@ -112,6 +114,7 @@ class TrainConfig:
     peak_tflops: float | None = None  # per device, for MFU; None: detect
     quiet: bool = False
     speed: SpeedSettings = field(default_factory=SpeedSettings)  # kernels and gradient handling
+    window: DataWindow = field(default_factory=lambda: DataWindow(1234))  # where in the data order it reads
 
     @property
     def shape(self) -> ModelShape:
@@ -138,6 +141,7 @@ class TrainConfig:
             "global_batch": self.batch.global_batch,
             "train_iters": self.batch.train_iters,
             "optimizer": asdict(self.optimizer),
+            "data_window": asdict(self.window),
         }
 
     def to_dict(self) -> dict:
@@ -155,24 +159,39 @@ class RunInputs:
     data: DataInfo
     stage: StagePlan | None = None  # the --plan stage
     extensions: Extensions | None = None  # this machine's TE/Apex; None: the run executes elsewhere
+    parent_data: DataConsumed | None = None  # what --init's lineage trained on
+    corpus_tokens: float | None = None  # the plan's fixed corpus (`grow plan --fixed-data`)
+
+
+def _parent_data(init: str | None) -> DataConsumed | None:
+    """What the --init checkpoint's lineage read; None without --init or when it does not exist
+    yet (a SLURM chain writes the job before its input: the job resolves again when it runs)."""
+    if init is None or not Path(init).expanduser().exists():
+        return None
+    from grow_cli.checkpoint.metadata import read_info
+
+    return read_info(Path(init).expanduser()).data_consumed()
 
 
 def load_inputs(options: PretrainOptions, here: bool = True) -> RunInputs:
-    """The data sidecar, the plan stage and (`here`) the installed extensions; GrowError when
-    the files are missing or inconsistent."""
+    """The data sidecar, the plan stage, what --init read and (`here`) the installed extensions;
+    GrowError when the files are missing or inconsistent."""
     from grow_cli.data.info import read_data_info
 
     data = read_data_info(options.data)
     extensions = Extensions.detect() if here else None
+    parent = _parent_data(options.init)
     if options.plan is None:
         if options.stage is not None:
             raise GrowError("--stage needs --plan PLAN")
-        return RunInputs(data, extensions=extensions)
+        return RunInputs(data, extensions=extensions, parent_data=parent)
     from grow_cli.planning.planfile import load_plan
 
     if options.stage is None:
         raise GrowError("--plan needs --stage (a stage number or name, e.g. --stage 1 or --stage 2B)")
-    return RunInputs(data, load_plan(options.plan).stage(options.stage), extensions)
+    plan = load_plan(options.plan)
+    corpus = plan.totals.corpus_tokens if plan.inputs.fixed_data else None
+    return RunInputs(data, plan.stage(options.stage), extensions, parent, corpus)
 
 
 def resolve_config(
@@ -354,6 +373,11 @@ def resolve(options: PretrainOptions, inputs: RunInputs, *, world_size: int, dev
     if min_lr > lr:
         raise GrowError(f"--min-lr {min_lr} is above the learning rate {lr}")
     warmup = _warmup(options, stage, train_iters)
+    window = resolve_window(
+        data_start=options.data_start, seed=options.seed, prefix=data.prefix, fingerprint=data.fingerprint,
+        train_tokens=data.train.tokens, seq_len=shape.seq_len, samples=train_iters * global_batch,
+        parent=inputs.parent_data if options.init is not None else None, corpus_tokens=inputs.corpus_tokens,
+    )
 
     # megatron's local layer spec (sdpa/local attention) uses torch norms, which cannot run
     # sequence parallel; Transformer Engine's spec can.
@@ -390,6 +414,7 @@ def resolve(options: PretrainOptions, inputs: RunInputs, *, world_size: int, dev
         peak_tflops=options.peak_tflops,
         quiet=options.quiet,
         speed=resolve_speed(options, device, inputs.extensions, facts),
+        window=window,
     )
 
 

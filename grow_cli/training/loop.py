@@ -60,7 +60,8 @@ class TrainSummary:
     valid_loss: float | None
     checkpoint: str | None
     train_seconds: float
-    tokens_per_s: float | None
+    tokens_per_s: float | None  # the last log interval
+    tokens_per_s_average: float | None  # the whole run: tokens over time in training steps
     tflops_per_gpu: float | None
     mfu: float | None
     device: str
@@ -154,27 +155,33 @@ class _Run:
         self.train_ds, self.valid_ds = build_datasets(
             config.data,
             config.shape.seq_len,
-            train_samples=batch.train_iters * batch.global_batch,
+            train_samples=config.window.dataset_samples(batch.train_iters * batch.global_batch),
             valid_samples=eval_iters * batch.global_batch,
-            seed=config.seed,
+            seed=config.window.seed,
         )
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.start_iteration = self.state.iteration
         self.log = MetricsLog(config, self.runtime.is_main, self.state.iteration)
 
-    def _sample_batches(self, dataset, consumed: int):
-        """This DP rank's micro-batches of `dataset` from global sample `consumed` on."""
+    def _sample_batches(self, dataset, consumed: int, window=None):
+        """This DP rank's micro-batches of `dataset` from global sample `consumed` on, read
+        through the run's data `window` (training) or from the start (validation)."""
         from grow_cli.data.datasets import SampleBatches
 
         policy = self.runtime.policy
+        batch = self.config.batch
+        placement = {} if window is None else {
+            "offset": window.start, "wrap": window.wrap, "samples": batch.train_iters * batch.global_batch,
+        }
         return SampleBatches(
             dataset,
-            self.config.batch.micro_batch,
+            batch.micro_batch,
             dp_rank=self.dp_rank,
             dp_size=self.runtime.layout.dp,
             consumed_samples=consumed,
             num_workers=policy.loader_workers,
             pin_memory=policy.pin_memory,
+            **placement,
         )
 
     def _start_record(self) -> None:
@@ -229,7 +236,7 @@ class _Run:
         """Steps until the end, an --exit-interval or a stop signal; returns (status, last interval)."""
         intervals = self.config.intervals
         train_iters = self.config.batch.train_iters
-        batches = self._sample_batches(self.train_ds, self.state.consumed_samples)
+        batches = self._sample_batches(self.train_ds, self.state.consumed_samples, self.config.window)
         interval, last = IntervalAverage(), IntervalAverage()
         while self.state.iteration < train_iters:
             started = time.perf_counter()
@@ -344,13 +351,14 @@ class _Run:
         config = self.config
         throughput = self._throughput(last) if last.steps else None
         checkpoint = self.saved_path or self.resume
+        tokens = self.state.consumed_samples * config.shape.seq_len
         summary = TrainSummary(
             status=status,
             out=str(config.out),
             iteration=self.state.iteration,
             train_iters=config.batch.train_iters,
             consumed_samples=self.state.consumed_samples,
-            tokens=self.state.consumed_samples * config.shape.seq_len,
+            tokens=tokens,
             flops=self.state.flops,
             flops_convention=FLOPS_CONVENTION,
             loss=self.last_loss,
@@ -358,6 +366,7 @@ class _Run:
             checkpoint=str(checkpoint) if checkpoint else None,
             train_seconds=self.state.train_seconds,
             tokens_per_s=throughput.tokens_per_s if throughput else None,
+            tokens_per_s_average=tokens / self.state.train_seconds if self.state.train_seconds > 0 else None,
             tflops_per_gpu=throughput.tflops_per_device if throughput else None,
             mfu=throughput.mfu if throughput else None,
             device=self.device_name,

@@ -57,7 +57,11 @@ class PretrainOptions:
     resume: Annotated[
         bool, option("--resume/--no-resume", "Resume from --out's latest checkpoint; --no-resume refuses a directory that has one.", RUN)
     ] = True
-    seed: Annotated[int, option("--seed", "Seed of initialisation and data order.", RUN)] = 1234
+    seed: Annotated[int, option("--seed", "Seed of initialisation and data order (a run continuing --init's data keeps its order).", RUN)] = 1234
+    data_start: Annotated[
+        Optional[str],
+        option("--data-start", "First sample to train on: 'continue' (default: after the samples --init's lineage read, on the same data) or a position, e.g. 0.", RUN),
+    ] = None
     lr: Annotated[Optional[float], option("--lr", f"Peak learning rate (default: the plan's, else {DEFAULT_LR:g}).", OPT)] = None
     min_lr: Annotated[Optional[float], option("--min-lr", "Final learning rate of the cosine decay (default lr/10).", OPT)] = None
     warmup_iters: Annotated[Optional[int], option("--warmup-iters", "Linear warmup steps (default: the plan's, else 1%).", OPT)] = None

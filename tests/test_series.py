@@ -1,0 +1,188 @@
+"""`grow series`: the quick series end to end (every checkpoint's shape and lineage, new data for
+every stage, the report), idempotent re-runs, a changed series refused, the SLURM chain parsed,
+exact growth (iso + identity) leaving the loss unchanged, and kill + re-run = uninterrupted.
+
+References: the plan file (shapes, budgets), megatron-core's GPTDataset rebuilt alone (which
+samples each stage read), the runs' own metrics.jsonl (FLOPs), `grow expand --verify` (both models
+on the same text), and an uninterrupted series (bit-identical weights).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_grow
+
+SERIES_FLAGS = ["--eval-interval", "10", "--eval-iters", "2", "--save-interval", "10", "--log-interval", "5"]
+
+
+def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> dict[str, Path]:
+    """A 1K-token BPE on three plays, the prepared data and a two-stage plan (the second deeper)."""
+    root = tmp_path_factory.mktemp("series")
+    _ok(run_grow(["data", "tokenizer", "--input", "shakespeare", "--vocab-size", "512", "--max-documents", "3",
+                  "--out", str(root / "tok")]))
+    _ok(run_grow(["data", "prepare", "--input", "shakespeare", "--tokenizer", str(root / "tok" / "tokenizer.json"),
+                  "--max-documents", "3", "--valid-fraction", "0.34", "--workers", "1", "--out", str(root / "shk")]))
+    _ok(run_grow(["plan", "--sizes", "100K,300K", "--seq-len", "32", "--tokens", "16K", "--global-batch", "8",
+                  "--micro-batch", "4", "--warmup-min", "2", "--data", str(root / "shk"), "--out", str(root / "plan.yaml")]))
+    return {"root": root, "data": root / "shk", "plan": root / "plan.yaml"}
+
+
+def series(work, out: Path, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return run_grow(["series", str(work["plan"]), "--data", str(work["data"]), "--out", str(out), *SERIES_FLAGS, *extra],
+                    timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def finished(work) -> Path:
+    out = work["root"] / "full"
+    _ok(series(work, out, "--with-scratch"))
+    return out
+
+
+@pytest.mark.slow
+def test_quick_series_checkpoints_lineage_data_and_report(work, finished):
+    import torch
+
+    from grow_cli.checkpoint.metadata import read_info
+    from grow_cli.data.datasets import build_datasets
+    from grow_cli.planning.planfile import load_plan
+    from grow_cli.series.checks import final_checkpoint
+
+    plan = load_plan(work["plan"])
+    small, large = plan.stages
+    first = read_info(final_checkpoint(finished / "runs" / small.name))
+    grown = read_info(finished / "init" / large.name)
+    second = read_info(final_checkpoint(finished / "runs" / large.name))
+    scratch = read_info(final_checkpoint(finished / "scratch" / large.name))
+    assert first.shape == small.shape and grown.shape == second.shape == scratch.shape == large.shape
+    assert [s.op for s in second.lineage] == ["pretrain", "expand", "pretrain"]
+    assert second.lineage[-1].source_id == grown.checkpoint_id and grown.lineage[-1].source_id == first.checkpoint_id
+    assert [s.op for s in scratch.lineage] == ["pretrain"]
+
+    # New data for stage 2: it starts where stage 1 stopped, in the same order.
+    one, two, base = first.lineage[-1].details.data_consumed, second.lineage[-1].details.data_consumed, scratch.lineage[-1].details.data_consumed
+    assert one.samples == small.train_iters * small.global_batch and (one.start, base.start) == (0, 0)
+    assert two.start == one.end and two.seed == one.seed and two.samples == large.train_iters * large.global_batch
+    read_one, read_two = set(one.indices(0, one.samples)), set(two.indices(0, two.samples))
+    assert not read_one & read_two
+    train, _ = build_datasets(str(work["data"]), small.shape.seq_len, two.end, 0, seed=one.seed)
+    text_one = {tuple(train[i]["tokens"].tolist()) for i in read_one}
+    text_two = {tuple(train[i]["tokens"].tolist()) for i in read_two}
+    assert not text_one & text_two  # by content too
+
+    report = json.loads((finished / "report" / "series.json").read_text())
+    rows = {(m["name"], m["method"]): m for m in report["members"]}
+    assert set(rows) == {(small.name, "growth"), (large.name, "growth"), (large.name, "scratch")}
+    for row in rows.values():
+        assert {"name", "method", "params", "tokens", "flops", "flops_total", "valid_loss"} <= set(row)
+        assert row["valid_loss"] > 0 and row["flops"] > 0
+    summaries = {key: json.loads((finished / where / "summary.json").read_text())
+                 for key, where in (("one", f"runs/{small.name}"), ("two", f"runs/{large.name}"), ("scratch", f"scratch/{large.name}"))}
+    grown_row = rows[(large.name, "growth")]
+    assert grown_row["flops"] == pytest.approx(summaries["two"]["flops"])
+    assert grown_row["flops_total"] == pytest.approx(summaries["one"]["flops"] + summaries["two"]["flops"])
+    assert grown_row["tokens_total"] == summaries["one"]["tokens"] + summaries["two"]["tokens"]
+    assert rows[(large.name, "scratch")]["tokens"] == summaries["scratch"]["tokens"] >= large.tokens_scratch
+    assert grown_row["params"] == large.shape.param_counts().nonembedding
+    assert "growth is" in report["verdict"] and (finished / "report" / "loss_vs_flops.png").stat().st_size > 0
+    markdown = (finished / "report" / "series.md").read_text()
+    assert f"| {large.name} | scratch |" in markdown
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_steps(work, finished):
+    before = {p: p.stat().st_mtime_ns for p in finished.glob("runs/*/iter_*")}
+    again = _ok(series(work, finished, "--with-scratch", "--json"))
+    state = json.loads(again.stdout[again.stdout.index("{"):])["state"]
+    assert all(step["state"] == "done" and step["attempts"] == 1 for step in state.values())
+    assert {p: p.stat().st_mtime_ns for p in finished.glob("runs/*/iter_*")} == before
+    # With --slurm, only the finishing job is left.
+    resumed = json.loads(_ok(series(work, finished, "--with-scratch", "--slurm", "--json")).stdout)["jobs"]
+    assert [(job["name"], job["after"]) for job in resumed] == [("finish", [])]
+
+
+def test_slurm_chain_dependencies_and_a_changed_series_refused(work, tmp_path):
+    fresh = tmp_path / "fresh"
+    proc = _ok(series(work, fresh, "--with-scratch", "--slurm", "--json"))
+    jobs = json.loads(proc.stdout)["jobs"]
+    names = [job["name"] for job in jobs]
+    assert names == ["pretrain-100K", "expand-300K", "pretrain-300K", "scratch-300K", "finish"]
+    submit = (fresh / "slurm" / "submit.sh").read_text().splitlines()
+    dependencies = {}
+    for line in submit:
+        match = re.match(r"JOB_(\w+)=\$\(sbatch --parsable(?: --dependency=afterok:(\S+))? (\S+)\)", line)
+        if match:
+            dependencies[match.group(1)] = sorted(re.findall(r"\$JOB_(\w+)", match.group(2) or ""))
+            assert Path(match.group(3)).is_file()
+    assert dependencies == {
+        "PRETRAIN_100K": [], "EXPAND_300K": ["PRETRAIN_100K"], "PRETRAIN_300K": ["EXPAND_300K"], "SCRATCH_300K": [],
+        "FINISH": ["EXPAND_300K", "PRETRAIN_100K", "PRETRAIN_300K", "SCRATCH_300K"],
+    }
+    script = (fresh / "slurm" / "pretrain-300K.sbatch").read_text()
+    assert "--init" in script and "torch.distributed.run" in script and "--nodes=1" in script
+    finish = (fresh / "slurm" / "finish.sbatch").read_text()
+    assert f"-m grow_cli series {work['plan']}" in finish and "--with-scratch" in finish and "--slurm" not in finish
+    refused = series(work, fresh, "--with-scratch", "--width", "fpi", "--slurm")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert 'options.width: "aki" -> "fpi"' in refused.stderr and "--force" in refused.stderr
+    dry = json.loads(_ok(series(work, tmp_path / "dry", "--dry-run", "--json")).stdout)["steps"]
+    assert [step["name"] for step in dry] == ["pretrain-100K", "expand-300K", "pretrain-300K", "eval"]
+    assert not (tmp_path / "dry").exists()  # a dry run writes nothing
+
+
+@pytest.mark.slow
+def test_exact_growth_leaves_the_loss_unchanged(work, finished, tmp_path):
+    from grow_cli.series.checks import final_checkpoint
+
+    source = final_checkpoint(finished / "runs" / "100K")
+    proc = _ok(run_grow(["expand", str(source), "--plan", str(work["plan"]), "--stage", "2", "--width", "iso",
+                         "--depth", "identity", "--verify", "--json", "--data", str(work["data"]), "--out", str(tmp_path / "iso")]))
+    check = json.loads(proc.stdout)["verify"]
+    assert check["loss_source"] == pytest.approx(check["loss_target"], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_killed_mid_stage_and_rerun_equals_uninterrupted(work, finished, tmp_path):
+    import torch
+
+    from grow_cli.checkpoint.tensors import CheckpointReader
+    from grow_cli.series.checks import final_checkpoint
+
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "grow_cli", "series", str(work["plan"]), "--data", str(work["data"]), "--out", str(out), *SERIES_FLAGS]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    run = out / "runs" / "300K"
+    try:
+        deadline = time.time() + 400
+        while not list(run.glob("iter_*")):  # stage 2 saved its first checkpoint and goes on
+            assert proc.poll() is None and time.time() < deadline, "stage 2 did not start"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert final_checkpoint(run) is None  # killed mid-stage
+    _ok(series(work, out))
+    state = json.loads((out / "series.json").read_text())["steps"]
+    assert state["pretrain-300K"]["attempts"] == 2 and state["pretrain-100K"]["attempts"] == 1
+    mine, reference = CheckpointReader(final_checkpoint(run)), CheckpointReader(final_checkpoint(finished / "runs" / "300K"))
+    keys = [k for k in reference.tensor_keys() if k.startswith("decoder") or k.startswith("embedding") or k.startswith("output")]
+    assert keys and sorted(mine.tensor_keys()) == sorted(reference.tensor_keys())
+    for key in keys:
+        assert torch.equal(mine.read(key), reference.read(key)), key
