@@ -12,6 +12,7 @@ import torch
 
 from grow_cli.checkpoint.atomic import atomic_directory
 from grow_cli.checkpoint.checks import check_architecture
+from grow_cli.checkpoint.integrity import record_checksums
 from grow_cli.checkpoint.metadata import COMMON_KEY, CheckpointInfo, read_info
 from grow_cli.checkpoint.tensors import validate_checkpoint
 
@@ -37,7 +38,13 @@ def save_model_checkpoint(
     state.update(extra_state or {})
     with atomic_directory(path, force=force, what="checkpoint") as tmp:
         dist_checkpointing.save(state, str(tmp), sharded_strategy=sharded_strategy)
+        if _is_main():  # every rank's shards are complete once save returns
+            record_checksums(tmp)
     return Path(path)
+
+
+def _is_main() -> bool:
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
 def load_model_weights(model, path: str | Path, *, expect_shape=None, strict: bool = True) -> CheckpointInfo:

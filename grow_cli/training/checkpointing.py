@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from grow_cli.checkpoint.metadata import CheckpointInfo, LineageStep, PretrainDetails, read_common, read_info
-from grow_cli.checkpoint.rundir import checkpoint_name, prune_checkpoints, write_latest
+from grow_cli.checkpoint.integrity import newest_sound
+from grow_cli.checkpoint.rundir import checkpoint_name, prune_checkpoints, run_checkpoints, write_latest
 from grow_cli.data.info import read_data_info
 from grow_cli.errors import GrowError
 from grow_cli.runtime.device import device_policy
@@ -71,6 +72,27 @@ def initial_info(config: TrainConfig) -> CheckpointInfo:
     lineage = (*(parent.lineage if parent else ()), step)
     tokenizer = read_data_info(config.data).tokenizer  # the model's tokenizer is its data's
     return CheckpointInfo(shape=config.shape, stage=config.stage or config.model.name, lineage=lineage, tokenizer=tokenizer)
+
+
+# ---- which checkpoint to resume from ----------------------------------------------------
+def resume_point(run_dir: Path) -> tuple[Path, list[str]]:
+    """Collective: the newest checkpoint of `run_dir` that is complete and verifies, and a note
+    for each newer one passed over (rank 0 checks, every rank gets its answer)."""
+    import torch
+
+    decision: list = [None, [], None]
+    if torch.distributed.get_rank() == 0:
+        found = [path for _, path in run_checkpoints(run_dir)]
+        chosen, skipped = newest_sound(found)
+        decision = [str(chosen) if chosen else None, skipped, None]
+        if chosen is None:
+            decision[2] = (
+                f"no checkpoint in {run_dir} is usable ({'; '.join(skipped)}); move them away to start the run over"
+            )
+    torch.distributed.broadcast_object_list(decision, src=0)
+    if decision[2]:
+        raise GrowError(decision[2])
+    return Path(decision[0]), decision[1]
 
 
 # ---- save / load -------------------------------------------------------------------------
