@@ -42,6 +42,7 @@ from torch.distributed.checkpoint.planner_helpers import create_read_items_for_c
 from grow_cli.checkpoint.integrity import check_integrity, check_shard_files, record_checksums
 from grow_cli.checkpoint.layout import TensorSpec
 from grow_cli.checkpoint.rundir import resolve_checkpoint
+from grow_cli.checkpoint.space import check_room, disk_full_as_error
 from grow_cli.errors import GrowError
 
 
@@ -274,9 +275,11 @@ def write_checkpoint(
     """
     path = Path(path)
     is_main = not distributed or torch.distributed.get_rank() == 0
-    planner = _StreamingSavePlanner(list(pieces), produce, (objects or {}) if is_main else {})
+    pieces = list(pieces)
+    check_room(path, sum(p.nbytes for p in pieces))
+    planner = _StreamingSavePlanner(pieces, produce, (objects or {}) if is_main else {})
     writer = FileSystemWriter(str(path), thread_count=1, single_file_per_rank=True, sync_files=True)
-    with _single_process_dcp():
+    with _single_process_dcp(), disk_full_as_error(path):
         dcp.save({}, storage_writer=writer, planner=planner, no_dist=not distributed)
     if is_main:
         from megatron.core.dist_checkpointing.core import CheckpointingConfig, save_config
