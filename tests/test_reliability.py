@@ -80,7 +80,7 @@ def test_a_second_job_on_a_locked_output_is_refused_naming_the_holder(run, data,
     shutil.copytree(run, copy)
     before = snapshot(copy)
     with output_lock(copy, "run directory"):
-        proc = run_grow(["pretrain", *TINY, *SCHEDULE, "--iters", "12", "--data", data, "--out", str(copy)])
+        proc = run_grow(["pretrain", *TINY, *SCHEDULE, "--data", data, "--out", str(copy)])
     one_line_error(proc, f"run directory {copy.absolute()} is being written by grow job PID {os.getpid()} on host {socket.gethostname()}")
     assert snapshot(copy) == before  # metrics, checkpoints and the record untouched
 
@@ -159,7 +159,7 @@ def test_resume_falls_back_to_the_newest_sound_checkpoint(run, data, tmp_path, d
     else:
         item = biggest_item(newest)
         flip(newest / item["file"], item["start"] + 100, 4096)
-    proc = run_grow(["pretrain", *TINY, *[a for a in SCHEDULE if a != "--quiet"], "--iters", "10", "--data", data, "--out", str(copy)])
+    proc = run_grow(["pretrain", *TINY, *[a for a in SCHEDULE if a != "--quiet"], "--data", data, "--out", str(copy)])
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = proc.stdout + proc.stderr
     assert "iter_0000008 is unusable" in out and "resuming from iter_0000004" in out, out[-3000:]
