@@ -12,10 +12,6 @@ import sys
 import typer
 
 from grow_cli.errors import GrowError, user_path_error
-from grow_cli.runtime.lifetime import die_with_parent
-
-if "__mp_main__" in sys.modules:  # a multiprocessing spawn child re-importing grow (megatron's writer manager)
-    die_with_parent()
 
 app = typer.Typer(
     name="grow",

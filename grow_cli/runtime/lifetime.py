@@ -6,8 +6,9 @@ results. A SIGKILL on the trainer (the OOM killer, `kill -9`, a node agent) runs
 unless the children watch for it themselves they outlive it under PID 1. Linux can do that
 watching for them: `PR_SET_PDEATHSIG` makes the kernel send SIGKILL to a child when its parent
 dies. It must be set in the child: forked children get it from an at-fork hook installed here;
-spawned ones (which run no at-fork hook) set it when they re-import grow's entry point as
-their `__mp_main__` (`grow_cli/app.py`). On other systems this is a no-op.
+the spawned manager (which runs no at-fork hook) from its initializer: megatron's lazy
+`_get_write_results_queue` is replaced by one that starts the same spawn-context manager with
+`die_with_parent` as initializer. On other systems `die_with_parent` is a no-op.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 
 _PR_SET_PDEATHSIG = 1
 _installed = False
+_manager = None  # megatron's write-results manager, started on the first save
 
 
 def die_with_parent() -> None:
@@ -35,6 +37,25 @@ def die_with_parent() -> None:
 def reap_children_with_parent() -> None:
     """From now on, every child this process forks dies with it (idempotent)."""
     global _installed
-    if not _installed:
-        os.register_at_fork(after_in_child=die_with_parent)
-        _installed = True
+    if _installed:
+        return
+    os.register_at_fork(after_in_child=die_with_parent)
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    filesystem_async._get_write_results_queue = _write_results_queue
+    _installed = True
+
+
+def _write_results_queue():
+    """megatron's `_get_write_results_queue`, with a manager that dies with this process."""
+    global _manager
+    import multiprocessing
+    from multiprocessing.managers import SyncManager
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is None:
+        _manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
+        _manager.start(initializer=die_with_parent)
+        filesystem_async._results_queue = _manager.Queue()
+    return filesystem_async._results_queue

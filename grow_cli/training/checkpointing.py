@@ -96,7 +96,7 @@ def resume_point(run_dir: Path) -> tuple[Path, list[str]]:
 
 
 # ---- save / load -------------------------------------------------------------------------
-def _rng_states() -> dict:
+def rng_states() -> dict:
     import numpy
     import torch
     from megatron.core import tensor_parallel
@@ -112,7 +112,7 @@ def _rng_states() -> dict:
     return states
 
 
-def _set_rng_states(states: dict) -> None:
+def set_rng_states(states: dict) -> None:
     import numpy
     import torch
     from megatron.core import tensor_parallel
@@ -197,9 +197,10 @@ def save_train_checkpoint(config: TrainConfig, engine, state: TrainState, info: 
     checkpoint_id, train_seconds = agreed
     state = replace(state, train_seconds=train_seconds)
     model_state = engine.gpt.sharded_state_dict()
+    rng = rng_states()
     extra = {
         "optimizer": engine.optimizer.sharded_state_dict(model_state, metadata=OPTIMIZER_METADATA),
-        RNG_KEY: _rng_object(_rng_states()),
+        RNG_KEY: _rng_object(rng),
         TRAIN_KEY: {
             "state": asdict(state),
             "scheduler": engine.scheduler.state_dict(),
@@ -212,6 +213,9 @@ def save_train_checkpoint(config: TrainConfig, engine, state: TrainState, info: 
     )
     path = config.out / checkpoint_name(state.iteration)
     save_model_checkpoint(path, engine.gpt, record, extra_state=extra, force=True, sharded_strategy=_save_strategy())
+    # The writer draws from Python's stream (megatron/DCP internals); a resumed run starts from
+    # `rng`, so the uninterrupted one must continue from it too.
+    set_rng_states(rng)
     if torch.distributed.get_rank() == 0:
         write_latest(config.out, path.name)
         prune_checkpoints(config.out, config.intervals.keep_last, protect=path)
@@ -241,5 +245,5 @@ def load_train_checkpoint(path: Path, engine) -> tuple[TrainState, CheckpointInf
     engine.optimizer.load_state_dict(loaded["optimizer"])
     engine.scheduler.load_state_dict(train["scheduler"])
     if same_layout:
-        _set_rng_states(loaded[RNG_KEY])
+        set_rng_states(loaded[RNG_KEY])
     return TrainState(**train["state"]), read_info(path)

@@ -26,7 +26,9 @@ from grow_cli.training.checkpointing import (
     initial_info,
     load_train_checkpoint,
     resume_point,
+    rng_states,
     save_train_checkpoint,
+    set_rng_states,
 )
 from grow_cli.training.config import TrainConfig
 from grow_cli.training.metrics import (
@@ -131,9 +133,13 @@ class _Run:
             valid_samples=eval_iters * batch.global_batch,
             seed=config.seed,
         )
+        restored = rng_states()
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.start_iteration = self.state.iteration
         self.log = MetricsLog(config, self.runtime.is_main, self.state.iteration)
+        # Opening the log (its TensorBoard writer) draws from Python's RNG; a resumed run must
+        # take its first step from the states the checkpoint holds, as the uninterrupted run does.
+        set_rng_states(restored)
 
     def _sample_batches(self, dataset, consumed: int):
         """This DP rank's micro-batches of `dataset` from global sample `consumed` on."""
