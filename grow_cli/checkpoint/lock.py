@@ -23,7 +23,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from grow_cli.errors import GrowError
+from grow_cli.errors import GrowError, user_path_error
 
 _HELD: set[Path] = set()  # outputs this process holds (nested takes are free)
 
@@ -93,6 +93,10 @@ def output_lock(final: str | Path, what: str = "output") -> Iterator[None]:
             fd = _acquire(final, what)
         except GrowError as error:
             refusal = str(error)
+        except OSError as error:  # e.g. a read-only directory: every rank must hear of it, not hang
+            if dist is None:
+                raise
+            refusal = user_path_error(error) or f"cannot lock {lock_path(final)}: {error}"
     if dist is not None:
         decision = [refusal]
         dist.broadcast_object_list(decision, src=0)
