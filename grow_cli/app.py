@@ -6,11 +6,12 @@ and `grow plan` start instantly; heavy imports happen inside the command that ne
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
 
-from grow_cli.errors import GrowError
+from grow_cli.errors import GrowError, user_path_error
 
 app = typer.Typer(
     name="grow",
@@ -24,6 +25,21 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
+
+@app.callback()
+def _global_options(
+    verify_checksums: bool = typer.Option(
+        True,
+        "--verify-checksums/--no-verify-checksums",
+        help="Check every checkpoint read against the content hashes recorded when it was written.",
+    ),
+) -> None:
+    """Options for every command; they reach torchrun's workers through the environment."""
+    from grow_cli.checkpoint.integrity import VERIFY_ENV
+
+    if not verify_checksums:
+        os.environ[VERIFY_ENV] = "0"
+
 
 # ---- subcommands, in the order data flows: plan -> data -> pretrain -> expand -> eval -> export ----
 from grow_cli.data.cli import app as data_app  # noqa: E402
@@ -44,15 +60,27 @@ app.command("series", help=SERIES_HELP, epilog=SERIES_EPILOG, no_args_is_help=Tr
 
 
 def main() -> None:
-    """Console entry point: user mistakes become one line on stderr and exit code 2."""
+    """Console entry point: user mistakes become one line on stderr and exit code 2.
+
+    So does an OSError on a path the user gave (read-only or full disk, permissions): the
+    command cannot fix it, the user can. An OSError on the installation's own files is a bug
+    and keeps its traceback."""
     _quiet_library_warnings()
     try:
         app()
     except GrowError as error:
-        rank = _rank()
-        if rank == 0:
-            typer.echo(f"error: {error}", err=True)
-        sys.exit(error.exit_code)
+        _exit_with(str(error), error.exit_code)
+    except OSError as error:
+        line = user_path_error(error, installed=(sys.prefix, os.path.dirname(__file__)))
+        if line is None:
+            raise
+        _exit_with(line, GrowError.exit_code)
+
+
+def _exit_with(message: str, code: int) -> None:
+    if _rank() == 0:
+        typer.echo(f"error: {message}", err=True)
+    sys.exit(code)
 
 
 # Log lines that say nothing about the user's run, as (logger, start of the message): torch finding

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from grow_cli.checkpoint.atomic import atomic_directory, atomic_file, incomplete_path, write_json_atomic
+from grow_cli.checkpoint.atomic import atomic_directory, atomic_file, leftover_temporaries, write_json_atomic
 from grow_cli.checkpoint.layout import merge_qkv, split_qkv
 from grow_cli.checkpoint.metadata import CheckpointInfo, ExpandDetails, LineageStep, read_info
 from grow_cli.checkpoint.tensors import CheckpointReader, layer_piece, whole, write_checkpoint
@@ -106,7 +106,7 @@ def test_atomic_directory_keeps_nothing_on_failure_and_refuses_overwrite(tmp_pat
         with atomic_directory(out) as tmp:
             (tmp / "partial").write_text("x")
             raise RuntimeError("killed")
-    assert not out.exists() and not incomplete_path(out).exists()
+    assert not out.exists() and not leftover_temporaries(out)
     with atomic_directory(out) as tmp:
         (tmp / "a").write_text("first")
     with pytest.raises(GrowError, match="--force"):

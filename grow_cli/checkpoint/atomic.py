@@ -1,9 +1,11 @@
 """Write outputs under a temporary name and rename them when complete.
 
 A killed job leaves at most a hidden temporary beside the output, never a half written output.
-Directories (`atomic_directory`) are collective: the temporary name `.NAME.incomplete` is
-deterministic so every rank agrees on it without communicating, and the next run removes the
-leftover. Single files (`atomic_file`) are written by one process: the temporary name carries the
+Directories (`atomic_directory`) are collective and hold the output's lock
+(`grow_cli.checkpoint.lock`) from start to rename, so a second job on the same output refuses
+instead of sharing a temporary. The temporary `.NAME.<token>.incomplete` is unique per job (rank 0
+draws the token and broadcasts it); the next job on that output removes a killed job's leftover,
+which it may do safely because it holds the lock. Single files (`atomic_file`) are written by one process: the temporary name carries the
 pid and a random part so two writers of the same file never share a temporary, and the data is
 fsynced before the rename so a crash right after it cannot leave an empty file behind.
 """
@@ -11,6 +13,7 @@ fsynced before the rename so a crash right after it cannot leave an empty file b
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import secrets
@@ -18,11 +21,17 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from grow_cli.checkpoint.lock import output_lock
 from grow_cli.errors import GrowError
 
 
-def incomplete_path(final: Path) -> Path:
-    return final.parent / f".{final.name}.incomplete"
+def incomplete_path(final: Path, token: str) -> Path:
+    return final.parent / f".{final.name}.{token}.incomplete"
+
+
+def leftover_temporaries(final: Path) -> list[Path]:
+    """Temporaries of `final` that killed jobs left behind."""
+    return sorted(final.parent.glob(f".{glob.escape(final.name)}.*incomplete"))
 
 
 def check_output(final: Path, force: bool, what: str = "output") -> None:
@@ -44,6 +53,16 @@ def _is_main() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
+def _agreed_token() -> str:
+    """A fresh token, rank 0's on every rank."""
+    import torch.distributed as dist
+
+    token = [secrets.token_hex(4)]
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(token, src=0)
+    return token[0]
+
+
 @contextlib.contextmanager
 def atomic_directory(final: str | Path, force: bool = False, what: str = "output"):
     """Yield a temporary directory that becomes `final` only if the block completes.
@@ -53,29 +72,31 @@ def atomic_directory(final: str | Path, force: bool = False, what: str = "output
     """
     final = Path(final)
     check_output(final, force, what)
-    tmp = incomplete_path(final)
-    if _is_main():
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-    _barrier()
-    try:
-        yield tmp
-        _barrier()
-    except BaseException:
+    with output_lock(final, what):
+        check_output(final, force, what)  # again: another job may have finished it meanwhile
+        tmp = incomplete_path(final, _agreed_token())
         if _is_main():
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if _is_main():
-        if final.exists():
-            trash = final.parent / f".{final.name}.replaced"
-            shutil.rmtree(trash, ignore_errors=True)
-            final.rename(trash)
-            tmp.rename(final)
-            shutil.rmtree(trash)
-        else:
-            tmp.rename(final)
-    _barrier()
+            for leftover in leftover_temporaries(final):
+                shutil.rmtree(leftover, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        _barrier()
+        try:
+            yield tmp
+            _barrier()
+        except BaseException:
+            if _is_main():
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if _is_main():
+            if final.exists():
+                trash = final.parent / f".{final.name}.replaced"
+                shutil.rmtree(trash, ignore_errors=True)
+                final.rename(trash)
+                tmp.rename(final)
+                shutil.rmtree(trash)
+            else:
+                tmp.rename(final)
+        _barrier()
 
 
 @contextlib.contextmanager

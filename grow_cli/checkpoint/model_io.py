@@ -12,7 +12,9 @@ import torch
 
 from grow_cli.checkpoint.atomic import atomic_directory
 from grow_cli.checkpoint.checks import check_architecture
+from grow_cli.checkpoint.integrity import record_checksums
 from grow_cli.checkpoint.metadata import COMMON_KEY, CheckpointInfo, read_info
+from grow_cli.checkpoint.space import check_room, disk_full_as_error
 from grow_cli.checkpoint.tensors import validate_checkpoint
 
 
@@ -36,8 +38,28 @@ def save_model_checkpoint(
     state = {"model": model.sharded_state_dict(), COMMON_KEY: info.to_dict()}
     state.update(extra_state or {})
     with atomic_directory(path, force=force, what="checkpoint") as tmp:
-        dist_checkpointing.save(state, str(tmp), sharded_strategy=sharded_strategy)
+        check_room(tmp, _stored_bytes(state))
+        with disk_full_as_error(tmp):
+            dist_checkpointing.save(state, str(tmp), sharded_strategy=sharded_strategy)
+        if _is_main():  # every rank's shards are complete once save returns
+            record_checksums(tmp)
     return Path(path)
+
+
+def _stored_bytes(state: dict) -> int:
+    """Bytes of the tensors this rank writes: the main replica of each of its shards."""
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory, is_main_replica
+
+    total = 0
+    for value in nested_values(state):
+        if isinstance(value, (ShardedTensor, ShardedTensorFactory)) and is_main_replica(value.replica_id):
+            total += value.data.numel() * value.data.element_size()
+    return total
+
+
+def _is_main() -> bool:
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
 def load_model_weights(model, path: str | Path, *, expect_shape=None, strict: bool = True) -> CheckpointInfo:

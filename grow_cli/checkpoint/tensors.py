@@ -39,14 +39,18 @@ from torch.distributed.checkpoint.planner import (
 )
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
+from grow_cli.checkpoint.integrity import check_integrity, check_shard_files, record_checksums
 from grow_cli.checkpoint.layout import TensorSpec
 from grow_cli.checkpoint.rundir import resolve_checkpoint
+from grow_cli.checkpoint.space import check_room, disk_full_as_error
 from grow_cli.errors import GrowError
 from grow_cli.runtime.megatron_compat import is_common_state
 
+
 def validate_checkpoint(path: str | Path) -> Path:
     """The checkpoint directory `path` names (a checkpoint, a run directory or its `latest`);
-    a GrowError unless it is a complete torch_dist checkpoint."""
+    a GrowError unless it is a complete torch_dist checkpoint whose contents match their
+    recorded checksums (`grow_cli.checkpoint.integrity`)."""
     from megatron.core.dist_checkpointing.core import maybe_load_config
 
     path = resolve_checkpoint(path)
@@ -63,6 +67,7 @@ def validate_checkpoint(path: str | Path) -> Path:
         raise GrowError(f"{path} uses the {backend!r} checkpoint format; grow reads torch_dist checkpoints")
     if not (path / ".metadata").is_file():
         raise GrowError(f"{path} has no .metadata (DCP index): the checkpoint is incomplete")
+    check_integrity(path)
     return path
 
 
@@ -146,20 +151,8 @@ class CheckpointReader:
             self.metadata = self._storage.read_metadata()
         except Exception as error:
             raise GrowError(f"{self.path}/.metadata cannot be read ({type(error).__name__}): corrupted checkpoint") from None
-        self._check_files()
+        check_shard_files(self.path, self.metadata.storage_data)
         self.bytes_read = 0
-
-    def _check_files(self) -> None:
-        files = {info.relative_path for info in self.metadata.storage_data.values()}
-        missing = sorted(f for f in files if not (self.path / f).is_file())
-        if missing:
-            raise GrowError(f"{self.path} is missing shard files {', '.join(missing)}: incomplete or damaged checkpoint")
-        for name in files:
-            needed = max(
-                info.offset + info.length for info in self.metadata.storage_data.values() if info.relative_path == name
-            )
-            if (self.path / name).stat().st_size < needed:
-                raise GrowError(f"{self.path}/{name} is truncated: the checkpoint is corrupted")
 
     # ---- what is there ------------------------------------------------------------------
     def tensor_keys(self) -> list[str]:
@@ -288,12 +281,15 @@ def write_checkpoint(
     """
     path = Path(path)
     is_main = not distributed or torch.distributed.get_rank() == 0
-    planner = _StreamingSavePlanner(list(pieces), produce, (objects or {}) if is_main else {})
+    pieces = list(pieces)
+    check_room(path, sum(p.nbytes for p in pieces))
+    planner = _StreamingSavePlanner(pieces, produce, (objects or {}) if is_main else {})
     writer = FileSystemWriter(str(path), thread_count=1, single_file_per_rank=True, sync_files=True)
-    with _single_process_dcp():
+    with _single_process_dcp(), disk_full_as_error(path):
         dcp.save({}, storage_writer=writer, planner=planner, no_dist=not distributed)
     if is_main:
         from megatron.core.dist_checkpointing.core import CheckpointingConfig, save_config
 
         torch.save(common, path / "common.pt")
         save_config(CheckpointingConfig(sharded_backend="torch_dist"), str(path))
+        record_checksums(path)  # dcp.save returned on the coordinator: every rank's shards are complete

@@ -172,6 +172,9 @@ class SampleBatches:
             num_workers=num_workers,
             pin_memory=pin_memory,
             persistent_workers=False,
+            # DataLoader draws its worker seed when an iterator starts; from its own generator,
+            # so starting one (a resume, each validation) never moves torch's global RNG stream
+            generator=torch.Generator().manual_seed(0),
         )
         self._iterator: Iterator | None = None
         self._yielded = 0

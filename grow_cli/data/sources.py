@@ -66,13 +66,19 @@ class LocalFiles:
     def documents(self) -> Iterator[str]:
         for path in self.files:
             kind = _format_of(path)
-            if kind in TEXT_SUFFIXES:
-                with _open_text(path) as stream:
-                    yield stream.read()
-            elif kind in JSON_SUFFIXES:
-                yield from _json_documents(path, self.text_key)
-            else:
-                yield from _parquet_documents(path, self.text_key)
+            try:
+                if kind in TEXT_SUFFIXES:
+                    with _open_text(path) as stream:
+                        yield stream.read()
+                elif kind in JSON_SUFFIXES:
+                    yield from _json_documents(path, self.text_key)
+                else:
+                    yield from _parquet_documents(path, self.text_key)
+            except UnicodeDecodeError as error:
+                raise GrowError(
+                    f"{path}:{_first_undecodable_line(path)} is not UTF-8 ({error.reason}); convert the file "
+                    "to UTF-8 (e.g. iconv -f latin1 -t utf-8) or remove the line"
+                ) from None
 
 
 @dataclass(frozen=True)
@@ -180,6 +186,18 @@ def _check_parquet_column(path: Path, text_key: str) -> None:
         raise GrowError(f"{path} is not a readable parquet file ({error})") from None
     if text_key not in names:
         raise GrowError(f"{path} has no column {text_key!r} (columns: {', '.join(names)}); pass --text-key")
+
+
+def _first_undecodable_line(path: Path) -> int:
+    """The 1-based number of the first line of `path` that is not UTF-8 (decoding reads ahead in
+    blocks, so the decoder's own position says nothing about the line)."""
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as stream:
+        for number, line in enumerate(stream, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1
 
 
 def _open_text(path: Path) -> IO[str]:

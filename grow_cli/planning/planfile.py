@@ -3,29 +3,23 @@
 A YAML document with a versioned schema. Each stage carries everything a later command needs:
 the model shape, the token budget (and the iterations it implies at the planned global batch),
 the learning-rate schedule and the parallel layout. Readers refuse a newer schema instead of
-guessing.
+guessing, and check every field against the schema (`grow_cli.planning.schema`) first.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from grow_cli.errors import GrowError
 from grow_cli.layout import Layout
 from grow_cli.planning.hardware import PLANNED_MFU
 from grow_cli.planning.lr import ScheduleRule
+from grow_cli.planning.schema import check_record
 from grow_cli.shape import DEFAULT_SEQ_LEN, GPT2_VOCAB, ModelShape
 
 SCHEMA_VERSION = 1
-
-
-def _known_fields(cls, data: dict) -> dict:
-    """The entries of `data` that are fields of `cls`: a file written by a later grow of the same
-    schema (with extra, informational fields) still loads."""
-    known = {f.name for f in fields(cls)}
-    return {k: v for k, v in data.items() if k in known}
 
 
 @dataclass(frozen=True)
@@ -57,7 +51,7 @@ class PlanRequest:
 
     @classmethod
     def from_dict(cls, data: dict) -> "PlanRequest":
-        data = _known_fields(cls, data)
+        data = dict(data)
         data["sizes"] = tuple(data["sizes"])
         data["layout"] = Layout(**data.get("layout", {}))
         data["schedule"] = ScheduleRule(**data.get("schedule", {}))
@@ -84,7 +78,7 @@ class PlanTotals:
 
     @classmethod
     def from_dict(cls, data: dict) -> "PlanTotals":
-        return cls(**_known_fields(cls, data))
+        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -135,7 +129,7 @@ class StagePlan:
 
     @classmethod
     def from_dict(cls, data: dict) -> "StagePlan":
-        data = _known_fields(cls, data)
+        data = dict(data)
         data["shape"] = ModelShape.from_dict(data["shape"])
         data["layout"] = Layout(**data.get("layout", {}))
         return cls(**data)
@@ -182,16 +176,14 @@ class Plan:
                 f"{source} has plan schema {version}, newer than this grow understands ({SCHEMA_VERSION}); "
                 "upgrade grow or re-run `grow plan`"
             )
-        try:
-            return cls(
-                stages=[StagePlan.from_dict(s) for s in data["stages"]],
-                inputs=PlanRequest.from_dict(data["inputs"]),
-                totals=PlanTotals.from_dict(data["totals"]),
-                flops_convention=data.get("flops_convention", "reference"),
-                schema_version=version,
-            )
-        except (KeyError, TypeError) as error:
-            raise GrowError(f"{source} is an incomplete grow plan file (missing {error}); re-create it with `grow plan --out`") from None
+        check_record(cls, data, source, "")
+        return cls(
+            stages=[StagePlan.from_dict(s) for s in data["stages"]],
+            inputs=PlanRequest.from_dict(data["inputs"]),
+            totals=PlanTotals.from_dict(data["totals"]),
+            flops_convention=data.get("flops_convention", "reference"),
+            schema_version=version,
+        )
 
 
 def iterations_for(tokens: float, global_batch: int, seq_len: int) -> int:

@@ -44,7 +44,9 @@ def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234) -> Runtime:
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
     from grow_cli.runtime import cpu_compat, env
+    from grow_cli.runtime.lifetime import reap_children_with_parent
 
+    reap_children_with_parent()  # megatron's forked checkpoint writers die with this process
     policy = device_policy()
     cpu_compat.activate()  # a no-op with CUDA
     if not torch.distributed.is_initialized():
@@ -77,11 +79,25 @@ def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234) -> Runtime:
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp
         )
+    _seed_host_streams(seed)
     model_parallel_cuda_manual_seed(seed)
     local_rank = env.local_rank()
     device = torch.device("cuda", torch.cuda.current_device()) if policy.cuda else torch.device("cpu")
     layout = Layout(tp=tp, pp=pp, dp=world // (tp * pp))
     return Runtime(torch.distributed.get_rank(), world, local_rank, device, layout, policy)
+
+
+def _seed_host_streams(seed: int) -> None:
+    """Python's and NumPy's global streams from the run seed, as Megatron-LM seeds them: left to
+    the interpreter's random start they differ between any two launches, so a resumed run could
+    never continue them the way an uninterrupted one does (torch and the tracker are seeded by
+    `model_parallel_cuda_manual_seed`)."""
+    import random
+
+    import numpy
+
+    random.seed(seed)
+    numpy.random.seed(seed % 2**32)
 
 
 def shutdown() -> None:

@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from grow_cli.checkpoint.metadata import CheckpointInfo, LineageStep, PretrainDetails, read_common, read_info
-from grow_cli.checkpoint.rundir import checkpoint_name, prune_checkpoints, write_latest
+from grow_cli.checkpoint.integrity import newest_sound
+from grow_cli.checkpoint.rundir import checkpoint_name, prune_checkpoints, run_checkpoints, write_latest
 from grow_cli.data.info import read_data_info
 from grow_cli.errors import GrowError
 from grow_cli.runtime.device import device_policy
@@ -76,8 +77,29 @@ def initial_info(config: TrainConfig) -> CheckpointInfo:
     return CheckpointInfo(shape=config.shape, stage=config.stage or config.model.name, lineage=lineage, tokenizer=tokenizer)
 
 
+# ---- which checkpoint to resume from ----------------------------------------------------
+def resume_point(run_dir: Path) -> tuple[Path, list[str]]:
+    """Collective: the newest checkpoint of `run_dir` that is complete and verifies, and a note
+    for each newer one passed over (rank 0 checks, every rank gets its answer)."""
+    import torch
+
+    decision: list = [None, [], None]
+    if torch.distributed.get_rank() == 0:
+        found = [path for _, path in run_checkpoints(run_dir)]
+        chosen, skipped = newest_sound(found)
+        decision = [str(chosen) if chosen else None, skipped, None]
+        if chosen is None:
+            decision[2] = (
+                f"no checkpoint in {run_dir} is usable ({'; '.join(skipped)}); move them away to start the run over"
+            )
+    torch.distributed.broadcast_object_list(decision, src=0)
+    if decision[2]:
+        raise GrowError(decision[2])
+    return Path(decision[0]), decision[1]
+
+
 # ---- save / load -------------------------------------------------------------------------
-def _rng_states() -> dict:
+def rng_states() -> dict:
     import numpy
     import torch
     from megatron.core import tensor_parallel
@@ -93,7 +115,7 @@ def _rng_states() -> dict:
     return states
 
 
-def _set_rng_states(states: dict) -> None:
+def set_rng_states(states: dict) -> None:
     import numpy
     import torch
     from megatron.core import tensor_parallel
@@ -178,9 +200,10 @@ def save_train_checkpoint(config: TrainConfig, engine, state: TrainState, info: 
     checkpoint_id, train_seconds = agreed
     state = replace(state, train_seconds=train_seconds)
     model_state = engine.gpt.sharded_state_dict()
+    rng = rng_states()
     extra = {
         "optimizer": engine.optimizer.sharded_state_dict(model_state, metadata=OPTIMIZER_METADATA),
-        RNG_KEY: _rng_object(_rng_states()),
+        RNG_KEY: _rng_object(rng),
         TRAIN_KEY: {
             "state": asdict(state),
             "scheduler": engine.scheduler.state_dict(),
@@ -194,6 +217,9 @@ def save_train_checkpoint(config: TrainConfig, engine, state: TrainState, info: 
     )
     path = config.out / checkpoint_name(state.iteration)
     save_model_checkpoint(path, engine.gpt, record, extra_state=extra, force=True, sharded_strategy=_save_strategy())
+    # The writer draws from Python's stream (megatron/DCP internals); a resumed run starts from
+    # `rng`, so the uninterrupted one must continue from it too.
+    set_rng_states(rng)
     if torch.distributed.get_rank() == 0:
         write_latest(config.out, path.name)
         prune_checkpoints(config.out, config.intervals.keep_last, protect=path)
@@ -223,5 +249,5 @@ def load_train_checkpoint(path: Path, engine) -> tuple[TrainState, CheckpointInf
     engine.optimizer.load_state_dict(loaded["optimizer"])
     engine.scheduler.load_state_dict(train["scheduler"])
     if same_layout:
-        _set_rng_states(loaded[RNG_KEY])
+        set_rng_states(loaded[RNG_KEY])
     return TrainState(**train["state"]), read_info(path)

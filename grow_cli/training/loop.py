@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from grow_cli.checkpoint.lock import output_lock
 from grow_cli.checkpoint.rundir import (
     check_run_directory,
     read_summary,
@@ -28,7 +29,15 @@ from grow_cli.checkpoint.rundir import (
 from grow_cli.console import stderr_console
 from grow_cli.layout import Layout
 from grow_cli.runtime.env import is_main
-from grow_cli.training.checkpointing import TrainState, initial_info, load_train_checkpoint, save_train_checkpoint
+from grow_cli.training.checkpointing import (
+    TrainState,
+    initial_info,
+    load_train_checkpoint,
+    resume_point,
+    rng_states,
+    save_train_checkpoint,
+    set_rng_states,
+)
 from grow_cli.training.config import TrainConfig
 from grow_cli.training.metrics import (
     FLOPS_CONVENTION,
@@ -80,7 +89,7 @@ def pretrain(config: TrainConfig, objective: Objective | None = None) -> TrainSu
     """Train `config` on this process's rank; collective across the launch. Returns the summary."""
     from grow_cli.runtime.distributed import init_distributed, shutdown
 
-    resume = check_run_directory(config)
+    check_run_directory(config)  # before the process group: a wrong --out fails at once
     finished = _finished_summary(config)
     if finished is not None:
         if is_main() and not config.quiet:
@@ -91,7 +100,11 @@ def pretrain(config: TrainConfig, objective: Objective | None = None) -> TrainSu
     try:
         if runtime.layout != layout:
             raise RuntimeError(f"resolved {layout.describe()} but the launch has {runtime.layout.describe()}")
-        return _Run(config, runtime, objective or LanguageModeling(), resume).execute()
+        with output_lock(config.out, "run directory"):  # one job per run directory
+            resume, skipped = None, []
+            if check_run_directory(config) is not None:  # again, now that no other job can change it
+                resume, skipped = resume_point(config.out)
+            return _Run(config, runtime, objective or LanguageModeling(), resume, skipped).execute()
     finally:
         shutdown()
 
@@ -119,11 +132,12 @@ def _finished_summary(config: TrainConfig) -> TrainSummary | None:
 
 
 class _Run:
-    def __init__(self, config: TrainConfig, runtime, objective: Objective, resume: Path | None):
+    def __init__(self, config: TrainConfig, runtime, objective: Objective, resume: Path | None, skipped: list[str]):
         self.config = config
         self.runtime = runtime
         self.objective = objective
         self.resume = resume
+        self.skipped = skipped  # newer checkpoints passed over on resume, and why
         self.primary = objective.metrics[0]
         self.flops_per_token = model_flops_per_token(config)
         self.device_name, self.peak = device_peak_flops(config.peak_tflops)
@@ -159,9 +173,13 @@ class _Run:
             valid_samples=eval_iters * batch.global_batch,
             seed=config.window.seed,
         )
+        restored = rng_states()
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.start_iteration = self.state.iteration
         self.log = MetricsLog(config, self.runtime.is_main, self.state.iteration)
+        # Opening the log (its TensorBoard writer) draws from Python's RNG; a resumed run must
+        # take its first step from the states the checkpoint holds, as the uninterrupted run does.
+        set_rng_states(restored)
 
     def _sample_batches(self, dataset, consumed: int, window=None):
         """This DP rank's micro-batches of `dataset` from global sample `consumed` on, read
@@ -220,6 +238,8 @@ class _Run:
         with StopSignals() as signals:  # from the start: a signal during setup stops after one step
             self._setup()
             try:
+                for note in self.skipped:
+                    self.log.note(f"warning: {note}; resuming from {self.resume.name}")
                 self._start_record()
                 train_iters = self.config.batch.train_iters
                 if self.start_iteration >= train_iters:
