@@ -48,8 +48,8 @@ class TrainState:
 
 
 # ---- lineage -----------------------------------------------------------------------------
-def initial_info(config: TrainConfig) -> CheckpointInfo:
-    """The grow record of this run's checkpoints: its lineage ends with this pretrain step."""
+def pretrain_step(config: TrainConfig, parent: CheckpointInfo | None) -> LineageStep:
+    """The lineage step of a `grow pretrain` run (from `parent`, its --init, or from scratch)."""
     details = PretrainDetails(
         stage=config.stage or config.model.name,
         plan=config.plan,
@@ -61,13 +61,14 @@ def initial_info(config: TrainConfig) -> CheckpointInfo:
         min_lr=config.optimizer.min_lr,
         seed=config.seed,
     )
+    return LineageStep(op="pretrain", source=config.init, source_id=parent.checkpoint_id if parent else None, details=details)
+
+
+def initial_info(config: TrainConfig, step: LineageStep | None = None) -> CheckpointInfo:
+    """The grow record of this run's checkpoints: its lineage ends with this run's step
+    (`step`, e.g. `grow distill`'s; by default the pretrain step)."""
     parent = read_info(config.init) if config.init else None
-    step = LineageStep(
-        op="pretrain",
-        source=config.init,
-        source_id=parent.checkpoint_id if parent else None,
-        details=details,
-    )
+    step = step or pretrain_step(config, parent)
     lineage = (*(parent.lineage if parent else ()), step)
     tokenizer = read_data_info(config.data).tokenizer  # the model's tokenizer is its data's
     return CheckpointInfo(shape=config.shape, stage=config.stage or config.model.name, lineage=lineage, tokenizer=tokenizer)

@@ -1,8 +1,8 @@
 """One training run, start to finish: resume, step, log, validate, checkpoint, stop.
 
-`pretrain(config, objective)` is the whole of `grow pretrain` below the CLI and the only entry
-point other commands need (`grow distill` passes its own Objective). It runs on every rank of a
-torchrun/srun launch; ranks agree on every decision (stop, save, evaluate) because the decisions
+`pretrain(config, objective, step)` is the whole of `grow pretrain` below the CLI and the only
+entry point other commands need (`grow distill` passes its own Objective and lineage step). It
+runs on every rank of a torchrun/srun launch; ranks agree on every decision (stop, save, evaluate) because the decisions
 depend only on the iteration counter and on collective flags.
 
 Per iteration: one optimizer step on the next global batch, then (in this order) the log line
@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from grow_cli.checkpoint.metadata import LineageStep
 from grow_cli.checkpoint.rundir import check_run_directory, write_run_record, write_summary
 from grow_cli.layout import Layout
 from grow_cli.training.checkpointing import TrainState, initial_info, load_train_checkpoint, save_train_checkpoint
@@ -63,8 +64,11 @@ class TrainSummary:
         return asdict(self)
 
 
-def pretrain(config: TrainConfig, objective: Objective | None = None) -> TrainSummary:
-    """Train `config` on this process's rank; collective across the launch. Returns the summary."""
+def pretrain(config: TrainConfig, objective: Objective | None = None, step: LineageStep | None = None) -> TrainSummary:
+    """Train `config` on this process's rank; collective across the launch. Returns the summary.
+
+    `objective` defaults to next-token cross-entropy, `step` (the lineage step the checkpoints
+    record) to the pretrain step."""
     from grow_cli.runtime.distributed import init_distributed, shutdown
 
     resume = check_run_directory(config)
@@ -73,14 +77,15 @@ def pretrain(config: TrainConfig, objective: Objective | None = None) -> TrainSu
     try:
         if runtime.layout != layout:
             raise RuntimeError(f"resolved {layout.describe()} but the launch has {runtime.layout.describe()}")
-        return _Run(config, runtime, objective or LanguageModeling(), resume).execute()
+        return _Run(config, runtime, objective or LanguageModeling(), resume, step).execute()
     finally:
         shutdown()
 
 
 class _Run:
-    def __init__(self, config: TrainConfig, runtime, objective: Objective, resume: Path | None):
+    def __init__(self, config: TrainConfig, runtime, objective: Objective, resume: Path | None, step: LineageStep | None):
         self.config = config
+        self.step = step
         self.runtime = runtime
         self.objective = objective
         self.resume = resume
@@ -109,7 +114,7 @@ class _Run:
         if self.resume is not None:
             self.state, self.info = load_train_checkpoint(self.resume, self.engine)
         else:
-            self.state, self.info = TrainState(), initial_info(config)
+            self.state, self.info = TrainState(), initial_info(config, self.step)
         batch = config.batch
         eval_iters = config.intervals.eval_iters
         self.train_ds, self.valid_ds = build_datasets(
@@ -175,6 +180,8 @@ class _Run:
             self._setup()
             try:
                 self._start_record()
+                for line in self.objective.setup(self.runtime):
+                    self.log.note(line)
                 train_iters = self.config.batch.train_iters
                 if self.start_iteration >= train_iters:
                     self.log.note(f"{self.config.out} already holds the finished run ({train_iters} iterations): nothing to do")
