@@ -105,18 +105,24 @@ class DistillObjective:
         self.group = None
 
     def setup(self, runtime) -> list[str]:
-        """Build the teacher at the run's layout from the checkpoint, frozen (collective)."""
-        from megatron.core import parallel_state
-
+        """Build the teacher at the run's layout from the checkpoint (collective)."""
         from grow_cli.checkpoint.model_io import load_model_weights
         from grow_cli.dtypes import torch_dtype
         from grow_cli.runtime.model import build_gpt_model
-        from grow_cli.units import format_bytes
 
         config = self.config
         teacher = build_gpt_model(config.shape, runtime.layout, dtype=torch_dtype(config.model.dtype),
                                   attention=config.model.attention)
         load_model_weights(teacher, self.settings.teacher, expect_shape=config.shape)
+        return self.use_teacher(teacher, runtime)
+
+    def use_teacher(self, teacher, runtime) -> list[str]:
+        """Freeze `teacher` (this rank's GPTModel piece) and use it; returns the log line saying
+        what it costs (benchmarks hand in one built from the student's own weights)."""
+        from megatron.core import parallel_state
+
+        from grow_cli.units import format_bytes
+
         self.teacher = teacher.eval().requires_grad_(False)
         self.group = parallel_state.get_tensor_model_parallel_group() if runtime.layout.tp > 1 else None
         weights = sum(p.numel() * p.element_size() for p in teacher.parameters())
