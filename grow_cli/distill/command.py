@@ -9,21 +9,29 @@ measured (`grow_cli.distill.report`); a pre-empted or --exit-interval run report
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from grow_cli.distill.options import DistillOptions
 from grow_cli.training.options import PretrainOptions
 
+if TYPE_CHECKING:  # torch-importing modules, loaded inside run_distill
+    from grow_cli.checkpoint.metadata import LineageStep
+    from grow_cli.distill.config import DistillSettings
+    from grow_cli.distill.report import DistillReport
+    from grow_cli.training.config import TrainConfig
+    from grow_cli.training.loop import TrainSummary
+
 
 @dataclass(frozen=True)
 class DistillResult:
-    summary: object  # training.loop.TrainSummary
-    report: object | None  # distill.report.DistillReport (None: the run did not complete)
+    summary: TrainSummary
+    report: DistillReport | None  # None: the run did not complete (pre-empted, --exit-interval)
 
     def to_json(self) -> dict:
         return {"train": self.summary.to_json(), "report": self.report.to_json() if self.report else None}
 
 
-def lineage_step(config, settings):
+def lineage_step(config: TrainConfig, settings: DistillSettings) -> LineageStep:
     """The `distill` step: the teacher is its source."""
     from grow_cli.checkpoint.metadata import DistillDetails, LineageStep
 
