@@ -51,7 +51,14 @@ def run_distill(options: DistillOptions, run: PretrainOptions) -> DistillResult:
     from grow_cli.distill.report import measure
     from grow_cli.training.loop import pretrain
 
+    from grow_cli.runtime.distributed import init_distributed, shutdown
+
     config, settings = resolve_distill(options, run)
-    summary = pretrain(config, DistillObjective(config, settings), lineage_step(config, settings))
-    report = measure(config, settings, summary.checkpoint) if summary.status == "completed" else None
+    layout = config.parallel.layout
+    init_distributed(layout.tp, layout.pp, seed=config.seed)  # one process group for training and report
+    try:
+        summary = pretrain(config, DistillObjective(config, settings), lineage_step(config, settings))
+        report = measure(config, settings, summary.checkpoint) if summary.status == "completed" else None
+    finally:
+        shutdown()
     return DistillResult(summary, report)

@@ -56,8 +56,8 @@ class DistillReport:
 
 
 def measure(config: TrainConfig, settings: DistillSettings, distilled: str) -> DistillReport | None:
-    """Evaluate teacher and `distilled` at the run's TP; write the JSON and figures into the run
-    directory (rank 0, which alone gets the report back)."""
+    """Evaluate teacher and `distilled` at the run's TP in the launch's process group (collective);
+    write the JSON and figures into the run directory. Rank 0 alone gets the report back."""
     import torch
 
     from grow_cli.checkpoint.atomic import atomic_directory, write_json_atomic
@@ -66,27 +66,25 @@ def measure(config: TrainConfig, settings: DistillSettings, distilled: str) -> D
     from grow_cli.evaluation.plots import plot_lens, plot_movement
     from grow_cli.evaluation.runner import RunSettings, evaluate_checkpoint
     from grow_cli.evaluation.text import load_prepared_valid
-    from grow_cli.runtime.distributed import init_distributed, shutdown
+    from grow_cli.runtime.distributed import init_distributed
 
     text = load_prepared_valid(config.data, settings.report_tokens)
     run_settings = RunSettings(diag_tokens=settings.report_tokens)
     runtime = init_distributed(tp=config.parallel.layout.tp, seed=config.seed)
     reports = []
-    try:
-        for path, when in ((settings.teacher, "before"), (distilled, "after")):
-            model = load_eval_model(path, runtime, torch_dtype(config.model.dtype))
-            report = evaluate_checkpoint(model, text.tokenizer, text, [], [], run_settings)
-            reports.append(replace(report, method=f"{report.method}, {when} distill"))
-            del model
-            if runtime.policy.cuda:
-                torch.cuda.empty_cache()
-    finally:
-        shutdown()
+    for path, when in ((settings.teacher, "before"), (distilled, "after")):
+        model = load_eval_model(path, runtime, torch_dtype(config.model.dtype))
+        report = evaluate_checkpoint(model, text.tokenizer, text, [], [], run_settings)
+        reports.append(replace(report, method=f"{report.method}, {when} distill"))
+        del model
+        if runtime.policy.cuda:
+            torch.cuda.empty_cache()
+    with atomic_directory(config.out / PLOTS_DIR, force=True, what="plots directory") as directory:
+        if runtime.is_main:
+            plot_movement(reports, directory / "movement.png")
+            plot_lens(reports, directory / "lens.png")
     if not runtime.is_main:
         return None
-    with atomic_directory(config.out / PLOTS_DIR, force=True, what="plots directory") as directory:
-        plot_movement(reports, directory / "movement.png")
-        plot_lens(reports, directory / "lens.png")
     plots = tuple(str(config.out / PLOTS_DIR / name) for name in ("movement.png", "lens.png"))
     result = DistillReport(Measures.of(reports[0]), Measures.of(reports[1]), reports[1].perplexity.tokens, plots)
     write_json_atomic(config.out / REPORT_FILE, result.to_json())

@@ -68,18 +68,24 @@ def pretrain(config: TrainConfig, objective: Objective | None = None, step: Line
     """Train `config` on this process's rank; collective across the launch. Returns the summary.
 
     `objective` defaults to next-token cross-entropy, `step` (the lineage step the checkpoints
-    record) to the pretrain step."""
+    record) to the pretrain step. The process group is closed at the end only if this call opened
+    it: a command that does more in the same launch (`grow distill` evaluates afterwards) opens it
+    first and closes it itself: a second rendezvous inside one torchrun launch hung (TP=2 test)."""
+    import torch
+
     from grow_cli.runtime.distributed import init_distributed, shutdown
 
     resume = check_run_directory(config)
     layout = config.parallel.layout
+    owned = not torch.distributed.is_initialized()
     runtime = init_distributed(layout.tp, layout.pp, seed=config.seed)
     try:
         if runtime.layout != layout:
             raise RuntimeError(f"resolved {layout.describe()} but the launch has {runtime.layout.describe()}")
         return _Run(config, runtime, objective or LanguageModeling(), resume, step).execute()
     finally:
-        shutdown()
+        if owned:
+            shutdown()
 
 
 class _Run:
