@@ -43,6 +43,7 @@ def _global_options(
 
 # ---- subcommands, in the order data flows: plan -> data -> pretrain -> expand -> eval -> export ----
 from grow_cli.data.cli import app as data_app  # noqa: E402
+from grow_cli.distill.cli import register as register_distill  # noqa: E402
 from grow_cli.evaluation.cli import EPILOG as EVAL_EPILOG, eval_command  # noqa: E402
 from grow_cli.expansion.cli import expand_command  # noqa: E402
 from grow_cli.interop.cli import register as register_interop  # noqa: E402
@@ -55,6 +56,7 @@ app.add_typer(data_app, name="data")
 register_training(app)  # pretrain, slurm
 app.command("expand")(expand_command)
 app.command("eval", epilog=EVAL_EPILOG)(eval_command)
+register_distill(app)  # distill
 register_interop(app)  # export, import
 app.command("series", help=SERIES_HELP, epilog=SERIES_EPILOG, no_args_is_help=True)(series_command)
 

@@ -5,36 +5,75 @@ option's default. `command_from(A, B)` turns a body `f(a: A, b: B)` into a Typer
 signature is the fields of A then B, so the command line, the dataclass the code receives and
 any re-rendering of the flags (`flags_of`) cannot drift apart. Two commands that share a group
 share those options; an option that is not in a command's groups is not on its command line,
-and Typer rejects it there.
+and Typer rejects it there. `Narrowed(A, drop=..., help=...)` is A without the options that mean
+nothing to a command (they keep their defaults) and with the help texts it words differently
+(`grow distill` takes `grow pretrain`'s options except the model's, which its checkpoint fixes).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 from collections.abc import Callable
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_args, get_type_hints
+from typing import Annotated, Any, get_args, get_type_hints
 
 import typer
 from typer.models import OptionInfo
 
 
-def _parameters(group: type) -> list[inspect.Parameter]:
-    hints = get_type_hints(group, include_extras=True)
+@dataclass(frozen=True)
+class Narrowed:
+    """`group`'s options less `drop` (built with their defaults), `help` rewording some of them."""
+
+    group: type
+    drop: tuple[str, ...] = ()
+    help: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = {f.name for f in fields(self.group)}
+        unknown = (set(self.drop) | set(self.help)) - names
+        if unknown:
+            raise TypeError(f"{self.group.__name__} has no option {', '.join(sorted(unknown))}")
+
+    def kept(self) -> list:
+        return [f for f in fields(self.group) if f.name not in self.drop]
+
+    def annotation(self, name: str, hint: Any) -> Any:
+        if name not in self.help:
+            return hint
+        base, *extras = get_args(hint)
+        reworded = [copy.copy(extra) for extra in extras]
+        for extra in reworded:
+            if isinstance(extra, OptionInfo):
+                extra.help = self.help[name]
+        return Annotated[(base, *reworded)]
+
+    def build(self, values: dict[str, Any]) -> Any:
+        return self.group(**{f.name: values[f.name] for f in self.kept()})
+
+
+def _narrowed(group: type | Narrowed) -> Narrowed:
+    return group if isinstance(group, Narrowed) else Narrowed(group)
+
+
+def _parameters(group: type | Narrowed) -> list[inspect.Parameter]:
+    view = _narrowed(group)
+    hints = get_type_hints(view.group, include_extras=True)
     return [
         inspect.Parameter(
             f.name,
             inspect.Parameter.KEYWORD_ONLY,
-            annotation=hints[f.name],
+            annotation=view.annotation(f.name, hints[f.name]),
             default=inspect.Parameter.empty if f.default is MISSING else f.default,
         )
-        for f in fields(group)
+        for f in view.kept()
     ]
 
 
-def command_from(*groups: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def command_from(*groups: type | Narrowed) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: `body(*instances)` becomes a command taking every field of `groups` as an option."""
 
     def decorate(body: Callable[..., Any]) -> Callable[..., Any]:
@@ -42,7 +81,7 @@ def command_from(*groups: type) -> Callable[[Callable[..., Any]], Callable[..., 
 
         @functools.wraps(body)
         def command(**values: Any) -> Any:
-            return body(*(group(**{f.name: values[f.name] for f in fields(group)}) for group in groups))
+            return body(*(_narrowed(group).build(values) for group in groups))
 
         command.__signature__ = inspect.Signature(parameters)
         command.__annotations__ = {p.name: p.annotation for p in parameters}

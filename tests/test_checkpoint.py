@@ -11,7 +11,7 @@ import torch
 
 from grow_cli.checkpoint.atomic import atomic_directory, atomic_file, leftover_temporaries, write_json_atomic
 from grow_cli.checkpoint.layout import merge_qkv, split_qkv
-from grow_cli.checkpoint.metadata import CheckpointInfo, ExpandDetails, LineageStep, read_info
+from grow_cli.checkpoint.metadata import CheckpointInfo, DistillDetails, ExpandDetails, LineageStep, read_info
 from grow_cli.checkpoint.tensors import CheckpointReader, layer_piece, whole, write_checkpoint
 from grow_cli.errors import GrowError
 from grow_cli.shape import ModelShape
@@ -146,7 +146,10 @@ def test_lineage_reads_old_records_and_round_trips_typed_details(tiny_shape):
     assert data["details"]["source_shape"] == tiny_shape.to_dict() and LineageStep.from_dict(data) == full
     assert LineageStep("pretrain").details.train_iters is None
     with pytest.raises(GrowError, match="newer grow"):
-        LineageStep.from_dict({"op": "distill"})
+        LineageStep.from_dict({"op": "prune"})  # an op this grow does not know ("distill" now exists)
+    details = DistillDetails(lam=1.0, gamma=0.25, direction="reverse")
+    distilled = LineageStep("distill", source="runs/1B", source_id="abc", details=details)
+    assert LineageStep.from_dict(json.loads(json.dumps(distilled.to_dict()))) == distilled
 
 
 def test_qkv_split_merge_follows_group_interleaving():

@@ -3,7 +3,7 @@
 megatron merges `common.pt` into what `dist_checkpointing.load` returns, so the record travels
 with the checkpoint and needs no side file. It holds the shape (the only way expand/eval/export
 learn the architecture), the training position, the plan stage and the lineage: the chain of
-operations (pretrain, expand, import) with the identity of each input, so a grown model can always
+operations (pretrain, expand, import, distill) with the identity of each input, so a grown model can always
 be traced back. Each kind of step has its own typed details; they serialise to the same JSON
 grow has always written (`{"op", "source", "source_id", "details": {...}}`), and fields a record
 lacks (written by an older grow) read as their defaults.
@@ -101,8 +101,26 @@ class ImportDetails:
     architectures: list[str] | None = None
 
 
-StepDetails = PretrainDetails | ExpandDetails | ImportDetails
-DETAILS_BY_OP: dict[str, type] = {"pretrain": PretrainDetails, "expand": ExpandDetails, "import": ImportDetails}
+@dataclass(frozen=True)
+class DistillDetails:
+    """`grow distill`: the run that distilled the checkpoint; the step's source is the teacher."""
+
+    data: str | None = None
+    train_iters: int | None = None
+    global_batch: int | None = None
+    tokens: int | None = None
+    lr: float | None = None
+    min_lr: float | None = None
+    seed: int | None = None
+    lam: float | None = None  # λ, the weight of the movement term
+    gamma: float | None = None  # γ, the depth weighting w_l = softmax(γ·l)
+    direction: str | None = None  # "reverse" KL(p_l ‖ p_teacher) or "forward" KL(p_teacher ‖ p_l)
+
+
+StepDetails = PretrainDetails | ExpandDetails | ImportDetails | DistillDetails
+DETAILS_BY_OP: dict[str, type] = {
+    "pretrain": PretrainDetails, "expand": ExpandDetails, "import": ImportDetails, "distill": DistillDetails,
+}
 
 
 def _details_from_dict(op: str, data: dict) -> StepDetails:

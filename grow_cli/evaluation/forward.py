@@ -10,16 +10,14 @@ Loaded at a layout with more rows than it was saved with, a checkpoint gets extr
 rows whose logits (0) would otherwise change every softmax; cutting them makes results identical at any TP and equal to what an
 exported Hugging Face model computes.
 
-Layer diagnostics need the PRE-NORM residual stream: the output of the embedding (h_{-1}) and of
-every decoder layer, before the final RMSNorm mixes in. Forward hooks on `model.embedding` and on
-each `TransformerLayer` capture exactly those tensors ([s, b, h] in megatron) during the same
-forward that produces the logits; `states[i]` is the input of layer i, `states[L]` the input of
-the final norm.
+Layer diagnostics need the PRE-NORM residual stream, captured during the same forward that
+produces the logits (`grow_cli.runtime.residual`, shared with `grow distill`); `states[i]` is the
+input of layer i, `states[L]` the input of the final norm.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -29,6 +27,7 @@ import torch
 from grow_cli.checkpoint.metadata import CheckpointInfo
 from grow_cli.errors import GrowError
 from grow_cli.runtime.distributed import Runtime
+from grow_cli.runtime.residual import output_weight, residual_stream
 
 
 @dataclass
@@ -78,26 +77,13 @@ class EvalModel:
         tokens = tokens.to(self.device)
         positions = torch.arange(tokens.size(1), device=self.device).unsqueeze(0).expand_as(tokens)
         captured: list[torch.Tensor] = []
-        with self._capture(captured) if capture_states else nullcontext():
+        with residual_stream(self.model, captured) if capture_states else nullcontext():
             logits = self.model(tokens, positions, None, runtime_gather_output=True)
         states = None
         if capture_states:
             # [s, b, h] each -> [L + 1, b, s, h]
             states = torch.stack([state.transpose(0, 1) for state in captured])
         return ForwardOutput(logits=logits[..., : self.shape.vocab].float(), states=states)
-
-    @contextmanager
-    def _capture(self, sink: list[torch.Tensor]):
-        def keep(_module, _inputs, output):
-            sink.append((output[0] if isinstance(output, tuple) else output).detach())
-
-        handles = [self.model.embedding.register_forward_hook(keep)]
-        handles += [layer.register_forward_hook(keep) for layer in self.model.decoder.layers]
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
 
     @torch.no_grad()
     def final_norm(self, states: torch.Tensor) -> torch.Tensor:
@@ -107,9 +93,7 @@ class EvalModel:
     @cached_property
     def output_weight(self) -> torch.Tensor:
         """W_U, the [V, h] LM head over the tokenizer's vocabulary (gathered across TP ranks once)."""
-        model = self.model
-        tied = model.share_embeddings_and_output_weights
-        weight = (model.shared_embedding_or_output_weight() if tied else model.output_layer.weight).detach()
+        weight = output_weight(self.model).detach()
         if self.tp > 1:
             from megatron.core import parallel_state
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from grow_cli.checkpoint.rundir import SUMMARY_FILE
 from grow_cli.planning.planfile import Plan

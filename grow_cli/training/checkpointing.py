@@ -49,9 +49,9 @@ class TrainState:
 
 
 # ---- lineage -----------------------------------------------------------------------------
-def initial_info(config: TrainConfig) -> CheckpointInfo:
-    """The grow record of this run's checkpoints: its lineage ends with this pretrain step
-    (whose `data_consumed.samples` each save updates)."""
+def pretrain_step(config: TrainConfig, parent: CheckpointInfo | None) -> LineageStep:
+    """The lineage step of a `grow pretrain` run (from `parent`, its --init, or from scratch);
+    its `data_consumed.samples` each save updates."""
     data = read_data_info(config.data)
     details = PretrainDetails(
         stage=config.stage or config.model.name,
@@ -65,15 +65,16 @@ def initial_info(config: TrainConfig) -> CheckpointInfo:
         seed=config.seed,
         data_consumed=config.window.consumed(config.data, data.fingerprint, config.shape.seq_len),
     )
+    return LineageStep(op="pretrain", source=config.init, source_id=parent.checkpoint_id if parent else None, details=details)
+
+
+def initial_info(config: TrainConfig, step: LineageStep | None = None) -> CheckpointInfo:
+    """The grow record of this run's checkpoints: its lineage ends with this run's step
+    (`step`, e.g. `grow distill`'s; by default the pretrain step)."""
     parent = read_info(config.init) if config.init else None
-    step = LineageStep(
-        op="pretrain",
-        source=config.init,
-        source_id=parent.checkpoint_id if parent else None,
-        details=details,
-    )
+    step = step or pretrain_step(config, parent)
     lineage = (*(parent.lineage if parent else ()), step)
-    tokenizer = data.tokenizer  # the model's tokenizer is its data's
+    tokenizer = read_data_info(config.data).tokenizer  # the model's tokenizer is its data's
     return CheckpointInfo(shape=config.shape, stage=config.stage or config.model.name, lineage=lineage, tokenizer=tokenizer)
 
 

@@ -1,8 +1,8 @@
 """One training run, start to finish: resume, step, log, validate, checkpoint, stop.
 
-`pretrain(config, objective)` is the whole of `grow pretrain` below the CLI and the only entry
-point other commands need (`grow distill` passes its own Objective). It runs on every rank of a
-torchrun/srun launch; ranks agree on every decision (stop, save, evaluate) because the decisions
+`pretrain(config, objective, step)` is the whole of `grow pretrain` below the CLI and the only
+entry point other commands need (`grow distill` passes its own Objective and lineage step). It
+runs on every rank of a torchrun/srun launch; ranks agree on every decision (stop, save, evaluate) because the decisions
 depend only on the iteration counter and on collective flags.
 
 Per iteration: one optimizer step on the next global batch, then (in this order) the log line
@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from grow_cli.checkpoint.lock import output_lock
+from grow_cli.checkpoint.metadata import LineageStep
 from grow_cli.checkpoint.rundir import (
     check_run_directory,
     read_summary,
@@ -85,8 +86,15 @@ class TrainSummary:
         return cls(**{**data, "layout": Layout(**data["layout"])})
 
 
-def pretrain(config: TrainConfig, objective: Objective | None = None) -> TrainSummary:
-    """Train `config` on this process's rank; collective across the launch. Returns the summary."""
+def pretrain(config: TrainConfig, objective: Objective | None = None, step: LineageStep | None = None) -> TrainSummary:
+    """Train `config` on this process's rank; collective across the launch. Returns the summary.
+
+    `objective` defaults to next-token cross-entropy, `step` (the lineage step the checkpoints
+    record) to the pretrain step. The process group is closed at the end only if this call opened
+    it: a command that does more in the same launch (`grow distill` evaluates afterwards) opens it
+    first and closes it itself: a second rendezvous inside one torchrun launch hung (TP=2 test)."""
+    import torch
+
     from grow_cli.runtime.distributed import init_distributed, shutdown
 
     check_run_directory(config)  # before the process group: a wrong --out fails at once
@@ -96,6 +104,7 @@ def pretrain(config: TrainConfig, objective: Objective | None = None) -> TrainSu
             stderr_console().print(_nothing_to_do(config), highlight=False, soft_wrap=True)
         return finished
     layout = config.parallel.layout
+    owned = not torch.distributed.is_initialized()
     runtime = init_distributed(layout.tp, layout.pp, seed=config.seed)
     try:
         if runtime.layout != layout:
@@ -104,9 +113,10 @@ def pretrain(config: TrainConfig, objective: Objective | None = None) -> TrainSu
             resume, skipped = None, []
             if check_run_directory(config) is not None:  # again, now that no other job can change it
                 resume, skipped = resume_point(config.out)
-            return _Run(config, runtime, objective or LanguageModeling(), resume, skipped).execute()
+            return _Run(config, runtime, objective or LanguageModeling(), resume, skipped, step).execute()
     finally:
-        shutdown()
+        if owned:
+            shutdown()
 
 
 def _nothing_to_do(config: TrainConfig) -> str:
@@ -132,8 +142,11 @@ def _finished_summary(config: TrainConfig) -> TrainSummary | None:
 
 
 class _Run:
-    def __init__(self, config: TrainConfig, runtime, objective: Objective, resume: Path | None, skipped: list[str]):
+    def __init__(
+        self, config: TrainConfig, runtime, objective: Objective, resume: Path | None, skipped: list[str], step: LineageStep | None
+    ):
         self.config = config
+        self.step = step
         self.runtime = runtime
         self.objective = objective
         self.resume = resume
@@ -163,7 +176,7 @@ class _Run:
         if self.resume is not None:
             self.state, self.info = load_train_checkpoint(self.resume, self.engine)
         else:
-            self.state, self.info = TrainState(), initial_info(config)
+            self.state, self.info = TrainState(), initial_info(config, self.step)
         batch = config.batch
         eval_iters = config.intervals.eval_iters
         self.train_ds, self.valid_ds = build_datasets(
@@ -241,6 +254,8 @@ class _Run:
                 for note in self.skipped:
                     self.log.note(f"warning: {note}; resuming from {self.resume.name}")
                 self._start_record()
+                for line in self.objective.setup(self.runtime):
+                    self.log.note(line)
                 train_iters = self.config.batch.train_iters
                 if self.start_iteration >= train_iters:
                     self.log.note(_nothing_to_do(self.config))

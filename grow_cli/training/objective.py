@@ -14,11 +14,11 @@ micro-batches, data-parallel ranks and pipeline stages and logs `sum / count` un
 The first metric is the one shown as "loss" (progress bar, validation, summary).
 
 `LanguageModeling` (next-token cross-entropy) is what `grow pretrain` trains. `grow distill`
-(spec §2) plugs into the same loop with its own Objective: its `forward_step` runs the student
-with hooks that collect per-layer hidden states, runs a frozen teacher it holds on the same
-batch under `torch.no_grad()`, and its `loss_fn` returns the per-layer logit-lens KL plus the
-hidden-state movement term as one summed loss with its token count, reporting each term
-separately. Nothing in the loop changes.
+(spec §2, grow_cli/distill/objective.py) plugs into the same loop with its own Objective: its
+`setup` loads the frozen teacher, its `forward_step` runs the student with hooks that collect
+per-layer hidden states and the teacher on the same batch under `torch.no_grad()`, and its
+`loss_fn` returns the per-layer logit-lens KL plus the hidden-state movement term as one summed
+loss with its token count, reporting each term separately.
 """
 
 from __future__ import annotations
@@ -36,6 +36,11 @@ class Objective(Protocol):
 
     metrics: tuple[str, ...]  # report keys; the first is "the loss"
 
+    def setup(self, runtime) -> list[str]:
+        """Build what the objective holds besides the trained model (collective, once per run, after
+        the process groups exist); returns lines for the run's log."""
+        ...
+
     def forward_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, LossFn]:
         """Run `model` (this rank's pipeline stage, wrapped) on `batch`; return (output, loss_fn).
 
@@ -49,6 +54,9 @@ class LanguageModeling:
     """Next-token cross-entropy, summed over unmasked tokens (megatron's pretrain_gpt loss)."""
 
     metrics = ("lm loss",)
+
+    def setup(self, runtime) -> list[str]:
+        return []
 
     def forward_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, LossFn]:
         device = next(model.parameters()).device  # this rank's model lives where its batches go

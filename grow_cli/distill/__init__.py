@@ -1,0 +1,1 @@
+"""`grow distill`: self-distillation for hidden-state convergence (spec §2), on `grow pretrain`'s loop."""
