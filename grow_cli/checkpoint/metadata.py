@@ -68,9 +68,6 @@ class PretrainDetails:
     seed: int | None = None
     data_consumed: DataConsumed | None = None  # None: written by a grow that did not record it
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
 class ExpandDetails:
@@ -156,7 +153,8 @@ class LineageStep:
             raise TypeError(f"a {self.op} step needs {kind.__name__}, got {type(self.details).__name__}")
 
     def to_dict(self) -> dict:
-        details = asdict(self.details) if isinstance(self.details, ImportDetails) else self.details.to_dict()
+        # ExpandDetails alone holds a ModelShape, which serialises through its own to_dict
+        details = self.details.to_dict() if isinstance(self.details, ExpandDetails) else asdict(self.details)
         return {"op": self.op, "source": self.source, "source_id": self.source_id, "details": details}
 
     @classmethod
