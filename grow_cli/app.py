@@ -38,7 +38,7 @@ app.add_typer(data_app, name="data")
 register_training(app)  # pretrain, slurm
 app.command("expand")(expand_command)
 app.command("eval", epilog=EVAL_EPILOG)(eval_command)
-register_interop(app)  # export, import
+register_interop(app)  # export, import, megatron-args
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""`grow export` and `grow import`: Hugging Face Llama directories <-> grow checkpoints.
+"""`grow export` and `grow import`: Hugging Face Llama directories <-> grow checkpoints;
+`grow megatron-args`: the Megatron-LM command line for a checkpoint.
 
 torch, megatron and safetensors are imported inside the commands, so `grow --help` stays instant.
 """
@@ -135,7 +136,36 @@ def import_command(
         console.print(f"[yellow]warning:[/yellow] {warning}")
 
 
+MEGATRON_ARGS_HELP = (
+    "Print the Megatron-LM pretrain_gpt.py flags that load a checkpoint.\n\n"
+    "Works for every checkpoint grow reads (grow's own, and Megatron-LM save directories): the "
+    "architecture, --norm-epsilon and the vocabulary padding (which --use-checkpoint-args does not "
+    "copy), --untie-embeddings-and-output-weights when untied, and --finetune --no-load-optim "
+    "--no-load-rng for a checkpoint without training state (grown, imported). See docs/megatron-lm.md."
+)
+
+
+def megatron_args_command(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint, run directory, or Megatron-LM save directory.")],
+    tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel degree the Megatron-LM run will use.")] = 1,
+    vocab: Annotated[
+        int | None, typer.Option("--vocab", help="Vocabulary size, for Megatron-LM checkpoints whose args do not tell it.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the flags as JSON on stdout.")] = False,
+) -> None:
+    from grow_cli.interop.megatron import megatron_launch
+
+    launch = megatron_launch(checkpoint, tp=tp, vocab=vocab)
+    if as_json:
+        typer.echo(json.dumps(launch.to_json(), indent=2))
+        return
+    typer.echo(launch.command_line())
+    for note in launch.notes:
+        typer.echo(f"# note: {note}", err=True)
+
+
 def register(app: typer.Typer) -> None:
-    """Add `export` and `import` to the grow app."""
+    """Add `export`, `import` and `megatron-args` to the grow app."""
     app.command("export", help=EXPORT_HELP)(export_command)
     app.command("import", help=IMPORT_HELP)(import_command)
+    app.command("megatron-args", help=MEGATRON_ARGS_HELP)(megatron_args_command)
