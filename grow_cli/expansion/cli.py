@@ -30,7 +30,7 @@ class Depth(str, Enum):
 
 
 def expand_command(
-    source: Path = typer.Argument(..., help="Source checkpoint (torch_dist, saved at any TP/PP), or a pretrain run directory / its `latest` file (newest checkpoint)."),
+    source: Path = typer.Argument(..., help="Source checkpoint (torch_dist, saved at any TP/PP), a pretrain run directory / its `latest` file (newest checkpoint), or a Megatron-LM save directory (its tracker)."),
     to: Optional[str] = typer.Option(None, "--to", help="Target size: a preset (1B, 2B, 4B, 8B) or any size such as 600M."),
     plan: Optional[Path] = typer.Option(None, "--plan", help="Plan file from `grow plan --out`; the target is one of its stages."),
     stage: Optional[str] = typer.Option(None, "--stage", help="Plan stage (index or name); default: the stage after the source's."),
@@ -53,7 +53,7 @@ def expand_command(
 ) -> None:
     """Grow a checkpoint into a larger shape (width and depth), streaming layer by layer.
 
-    The output loads in `grow pretrain` and in plain megatron-core at any TP/PP. Optimizer state is not carried: the expanded model starts at iteration 0 with a fresh optimizer. `--width iso --depth identity` is exactly function-preserving; `aki` + `stack` (the default) is the reference method (bert2BERT). Run under torchrun to split the work over several processes.
+    The output loads in `grow pretrain`, in plain megatron-core at any TP/PP and in Megatron-LM (`pretrain_gpt.py --load OUT`; flags: `grow megatron-args OUT`). The source may be a Megatron-LM save directory (its tracker and args are read; --vocab for tokenizers its args do not size). Optimizer state is not carried: the expanded model starts at iteration 0 with a fresh optimizer. `--width iso --depth identity` is exactly function-preserving; `aki` + `stack` (the default) is the reference method (bert2BERT). Run under torchrun to split the work over several processes.
 
     Examples:\n
       grow expand ckpt/1B --to 2B --out ckpt/2B-init\n

@@ -7,7 +7,7 @@ JOBS_JSON: {"tokens": FILE, "jobs": [...]}, each job with a "layout" [tp, pp] an
 - "save": build the model `pretrain_gpt.py` builds from "args" (a dict of Megatron-LM args),
   take its weights from "weights" (a torch_dist checkpoint, resharded by megatron-core) or draw
   them from "seed", optionally wrap it in DDP with an Adam optimizer ("optimizer": "plain" or
-  "distributed"), and save {model, args, iteration, checkpoint_version, optimizer,
+  "distributed"; "te_extra_state" adds Transformer Engine's extra objects), and save {model, args, iteration, checkpoint_version, optimizer,
   opt_param_scheduler, rng_state, rerun_state_machine, ...} under SAVE/iter_N + the tracker;
 - "load": parse "flags" (`grow megatron-args --json`) like pretrain_gpt.py, apply
   `--use-checkpoint-args` when "use_checkpoint_args", read the tracker, check the args the way
@@ -134,6 +134,24 @@ def rerun_object():
                          (torch.distributed.get_rank(),), replica_id=0)
 
 
+def te_extra_state(args) -> dict:
+    """The `_extra_state` entries a Transformer Engine spec adds to the local spec's (PP=1 only):
+    TEDotProductAttention's per layer and TENorm's for the final norm (FP8 metadata: bytes)."""
+    from megatron.core import parallel_state
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    replica = parallel_state.get_tensor_model_parallel_rank()
+    layers = args.num_layers
+    objects = {
+        f"te.core_attention.{layer}": ShardedObject("decoder.layers.self_attention.core_attention._extra_state",
+                                                    torch.arange(4, dtype=torch.uint8), (layers,), (layer,), replica_id=replica)
+        for layer in range(layers)
+    }
+    objects["te.final_norm"] = ShardedObject("decoder.final_layernorm._extra_state", torch.arange(4, dtype=torch.uint8),
+                                             (1,), (0,), replica_id=replica)
+    return objects
+
+
 def with_optimizer(model, kind: str):
     """DDP + megatron's Adam (distributed or not), stepped once so its state exists."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
@@ -173,6 +191,8 @@ def save(job: dict, tp: int, pp: int) -> object:
         state["opt_param_scheduler"] = {"max_lr": 1e-4, "num_steps": job["iteration"]}
     else:
         state["model"] = model.sharded_state_dict(metadata={"dp_cp_group": dp_group})
+    if job.get("te_extra_state"):
+        state["model"].update(te_extra_state(args))
     directory = Path(job["save_dir"]) / f"iter_{job['iteration']:07d}"
     if torch.distributed.get_rank() == 0:
         directory.mkdir(parents=True, exist_ok=True)
