@@ -230,10 +230,11 @@ def import_llama(
                 common=common_state(info, vocab_rows),
                 objects=layout.extra_state_objects(shape),
             )
-            if tokenizer_files:
-                (tmp / CHECKPOINT_TOKENIZER_DIR).mkdir()
+            if tokenizer_files:  # beside release/, at the path the record names
+                folder = tmp.parent / CHECKPOINT_TOKENIZER_DIR
+                folder.mkdir()
                 for name in tokenizer_files:
-                    shutil.copyfile(source / name, tmp / CHECKPOINT_TOKENIZER_DIR / name)
+                    shutil.copyfile(source / name, folder / name)
     return ImportResult(
         source=source,
         out=out,
