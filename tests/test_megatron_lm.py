@@ -112,6 +112,15 @@ def test_flags_say_what_megatron_lm_defaults_get_wrong():
     assert tied[tied.index("--make-vocab-size-divisible-by") + 1] == "512"
 
 
+def test_training_state_of_megatron_lm_is_not_model_state():
+    from grow_cli.checkpoint.layout import QKV, is_training_state
+
+    for key in ("optimizer.state.exp_avg.decoder.layers.mlp.linear_fc1.weight", "chained_1.optimizer.state.fp32_param.x",
+                "rng_state", "rerun_state_machine_state", "opt_param_scheduler"):
+        assert is_training_state(key), key
+    assert not is_training_state(QKV) and not is_training_state("decoder.final_layernorm._extra_state")
+
+
 # ---- the tracker -----------------------------------------------------------------------------
 def _fake_checkpoint(path: Path) -> Path:
     path.mkdir(parents=True)
@@ -327,3 +336,5 @@ def test_bad_megatron_lm_inputs_are_one_line_errors(megatron_lm_checkpoints, tmp
     torch.save(state, common)
     _one_line_error(["megatron-args", str(hf_tokenizer)], "pass --vocab")
     assert _flags(hf_tokenizer, "--vocab", "50257")["padded_vocab_size"] == 50304
+    proc = run_grow(["export", str(hf_tokenizer), "--vocab", "50257", "--tokenizer", "none", "--out", str(tmp_path / "hf"), "--json"])
+    assert proc.returncode == 0 and json.loads(proc.stdout)["shape"]["vocab"] == 50257, proc.stderr[-3000:]

@@ -93,8 +93,8 @@ def shape_from_args(args: Namespace, where: str, vocab: int | None = None) -> Mo
                 f"{where} is a Megatron-LM model grow cannot represent: {label} is {value!r}; "
                 "grow reads Llama-style checkpoints (RMSNorm, SwiGLU, RoPE, no biases)"
             )
-    for name in ("hidden_size", "num_layers", "num_attention_heads", "ffn_hidden_size"):
-        if not get(name):
+    for name in ("hidden_size", "num_layers", "num_attention_heads", "ffn_hidden_size", "seq_length"):
+        if not get(name) and not (name == "seq_length" and get("max_position_embeddings")):
             raise GrowError(f"{where}: the Megatron-LM args have no {name}; the checkpoint is incomplete")
     heads = int(args.num_attention_heads)
     groups = int(get("num_query_groups") or heads) if get("group_query_attention", False) else heads

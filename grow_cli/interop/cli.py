@@ -39,7 +39,7 @@ def _progress(label: str):
 
 
 def export_command(
-    checkpoint: Annotated[str, typer.Argument(help="grow checkpoint directory (torch_dist).")],
+    checkpoint: Annotated[str, typer.Argument(help="grow checkpoint directory (torch_dist), run directory, or Megatron-LM save directory.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Output directory for the Hugging Face model.")],
     dtype: Annotated[str, typer.Option(help="Weight precision in the export: bf16 or fp32.")] = "bf16",
     shard_size: Annotated[
@@ -53,6 +53,9 @@ def export_command(
         ),
     ] = "auto",
     force: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+    vocab: Annotated[
+        int | None, typer.Option("--vocab", help="Vocabulary size, for Megatron-LM checkpoints whose args do not tell it.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     from grow_cli.interop.export import export_checkpoint
@@ -69,6 +72,7 @@ def export_command(
             shard_size=max_bytes,
             tokenizer=None if tokenizer.lower() == "none" else tokenizer,
             force=force,
+            vocab=vocab,
             on_plan=lambda total: progress.update(task, total=total),
             on_tensor=lambda name, nbytes: progress.update(task, advance=nbytes, item=name),
         )
