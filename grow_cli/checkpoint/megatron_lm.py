@@ -126,8 +126,10 @@ def shape_from_args(args: Namespace, where: str, vocab: int | None = None) -> Mo
 def vocab_divisor(vocab: int, padded_rows: int, tp: int) -> int | None:
     """`--make-vocab-size-divisible-by` that makes Megatron-LM pad `vocab` to `padded_rows` at
     TP=`tp` (it pads to a multiple of divisor x TP): grow's own padding first, then Megatron-LM's
-    default 128 and smaller powers of two; None when none does."""
-    for divisor in (VOCAB_PAD_MULTIPLE * math.lcm(VOCAB_PAD_TP, tp) // tp, 128, 64, 32, 16, 8, 4, 2, 1):
+    default 128, then any power of two (a Megatron-LM checkpoint saved at another TP); None when
+    none does."""
+    grow_own = VOCAB_PAD_MULTIPLE * math.lcm(VOCAB_PAD_TP, tp) // tp
+    for divisor in (grow_own, VOCAB_PAD_MULTIPLE, *(2**k for k in range(17, -1, -1))):
         multiple = divisor * tp
         if math.ceil(vocab / multiple) * multiple == padded_rows:
             return divisor

@@ -177,7 +177,10 @@ def _report(result, check, as_json: bool) -> None:
     from grow_cli.interop.megatron import megatron_launch
 
     src, dst = result.source.shape, result.target.shape
-    megatron = megatron_launch(result.output)
+    try:
+        megatron = megatron_launch(result.output).to_json()
+    except GrowError as error:  # e.g. rows Megatron-LM cannot pad to at TP=1: the output stands
+        megatron = {"load": None, "flags": None, "notes": [str(error)]}
     summary = {
         "output": str(result.output),
         "source_shape": src.to_dict(),
@@ -190,7 +193,7 @@ def _report(result, check, as_json: bool) -> None:
         "bytes_read": result.bytes_read, "bytes_written": result.bytes_written,
         "pieces": result.pieces, "ranks": result.ranks, "seconds": round(result.seconds, 3),
         "notes": result.notes,
-        "megatron_lm": megatron.to_json(),
+        "megatron_lm": megatron,
     }
     if check is not None:
         summary["verify"] = {
@@ -222,7 +225,8 @@ def _report(result, check, as_json: bool) -> None:
         table.add_row("loss", f"source {check.loss_source:.4f} -> expanded {check.loss_target:.4f}")
         table.add_row("max |dlogit|", f"{check.max_abs_dlogit:.3g} (max |logit| {check.max_abs_logit:.3g}, "
                       f"relative {check.relative_dlogit:.2g})")
-    table.add_row("Megatron-LM", f"pretrain_gpt.py --load {megatron.load} (all flags: grow megatron-args {result.output})")
+    table.add_row("Megatron-LM", f"pretrain_gpt.py --load {megatron['load']} (all flags: grow megatron-args {result.output})"
+                  if megatron["load"] else "; ".join(megatron["notes"]))
     console = Console()
     console.print(table)
     for note in result.notes:
