@@ -57,7 +57,7 @@ register_training(app)  # pretrain, slurm
 app.command("expand")(expand_command)
 app.command("eval", epilog=EVAL_EPILOG)(eval_command)
 register_distill(app)  # distill
-register_interop(app)  # export, import
+register_interop(app)  # export, import, megatron-args
 app.command("series", help=SERIES_HELP, epilog=SERIES_EPILOG, no_args_is_help=True)(series_command)
 
 

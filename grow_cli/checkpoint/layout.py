@@ -8,6 +8,7 @@ export and import, so they are written down once here.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -33,13 +34,16 @@ EXTRA_STATE_MODULES = (
     "decoder.layers.mlp.linear_fc2",
 )
 
-# What `grow pretrain` stores beside the weights (megatron's optimizer state, per-rank RNG states):
-# readers that want the model skip these keys.
-TRAINING_STATE_PREFIXES = ("optimizer.", "rng_state")
+# What `grow pretrain` and Megatron-LM store beside the weights (optimizer state, per-rank RNG
+# states, Megatron-LM's rerun state machine): readers that want the model skip these keys. A
+# chained optimizer (several param groups, e.g. Megatron-LM with MoE or decoupled LRs) prefixes
+# its keys with `chained_N.`.
+TRAINING_STATE_PREFIXES = ("optimizer.", "rng_state", "rerun_state_machine", "opt_param_scheduler")
+_CHAINED = re.compile(r"^chained_\d+\.")
 
 
 def is_training_state(key: str) -> bool:
-    return key.startswith(TRAINING_STATE_PREFIXES)
+    return _CHAINED.sub("", key).startswith(TRAINING_STATE_PREFIXES)
 
 
 def extra_state_objects(shape: ModelShape) -> dict[str, None]:

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from grow_cli.checkpoint import megatron_lm
 from grow_cli.data.tokenizer_record import TokenizerRecord
 from grow_cli.errors import GrowError
 from grow_cli.shape import ModelShape
@@ -91,11 +92,14 @@ class ExpandDetails:
 
 @dataclass(frozen=True)
 class ImportDetails:
-    """`grow import`: what kind of directory the weights came from."""
+    """`grow import`, or a Megatron-LM checkpoint read through its args: what kind of directory
+    the weights came from (for Megatron-LM: the iteration and a digest of its args)."""
 
     format: str | None = None
     source_dtype: str | None = None
     architectures: list[str] | None = None
+    iteration: int | None = None
+    args_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -231,6 +235,13 @@ class CheckpointInfo:
         )
 
 
+def common_state(info: CheckpointInfo, padded_rows: int, *, tp: int = 1, pp: int = 1) -> dict:
+    """What every checkpoint grow writes keeps in `common.pt`: the grow record, and the entries
+    Megatron-LM's loader reads (args, iteration, checkpoint version) for the `padded_rows`
+    embedding rows and the TP/PP it was written at."""
+    return {COMMON_KEY: info.to_dict(), **megatron_lm.megatron_common(info.shape, padded_rows, info.iteration, tp=tp, pp=pp)}
+
+
 def read_common(path: str | Path) -> dict:
     """The non-tensor state rank 0 wrote (`common.pt`, or inside the torch_dist files with
     newer megatron-core releases: `runtime.megatron_compat` knows both)."""
@@ -246,12 +257,35 @@ def read_common(path: str | Path) -> dict:
         raise GrowError(f"{directory} has unreadable common state ({type(error).__name__}); the checkpoint is corrupted") from None
 
 
-def read_info(path: str | Path) -> CheckpointInfo:
-    """The grow record of a checkpoint; a clear error for checkpoints grow did not write."""
+def read_info(path: str | Path, *, vocab: int | None = None) -> CheckpointInfo:
+    """The grow record of a checkpoint; for a Megatron-LM checkpoint (no record, but `args`),
+    one derived from its args whose lineage starts with the import (`vocab`: --vocab, for args
+    that do not tell it); a clear error for anything else."""
     common = read_common(path)
-    if COMMON_KEY not in common:
-        raise GrowError(
-            f"{path} is a torch_dist checkpoint without grow metadata (no model shape); "
-            "import foreign models with `grow import`"
-        )
-    return CheckpointInfo.from_dict(common[COMMON_KEY])
+    if COMMON_KEY in common:
+        return CheckpointInfo.from_dict(common[COMMON_KEY])
+    if megatron_lm.ARGS_KEY in common:
+        return _megatron_lm_info(path, common, vocab)
+    raise GrowError(
+        f"{path} is a torch_dist checkpoint without grow metadata or Megatron-LM args (no model shape); "
+        "import foreign models with `grow import`"
+    )
+
+
+def _megatron_lm_info(path: str | Path, common: dict, vocab: int | None) -> CheckpointInfo:
+    from grow_cli.checkpoint.rundir import resolve_checkpoint
+
+    directory = resolve_checkpoint(path)
+    args = common[megatron_lm.ARGS_KEY]
+    iteration = int(common.get(megatron_lm.ITERATION_KEY) or 0)
+    digest = megatron_lm.args_digest(args)
+    details = ImportDetails(format=megatron_lm.FORMAT, iteration=iteration, args_digest=digest)
+    # The same checkpoint always gets the same id, so the lineage of what grow makes of it is stable.
+    checkpoint_id = uuid.uuid5(uuid.NAMESPACE_URL, f"{directory.resolve()}#{iteration}#{digest}").hex
+    return CheckpointInfo(
+        shape=megatron_lm.shape_from_args(args, str(path), vocab),
+        iteration=iteration,
+        consumed_samples=int(getattr(args, "consumed_train_samples", 0) or 0),
+        lineage=(LineageStep("import", source=str(directory), details=details),),
+        checkpoint_id=checkpoint_id,
+    )

@@ -13,7 +13,7 @@ import torch
 from grow_cli.checkpoint.atomic import atomic_directory
 from grow_cli.checkpoint.checks import check_architecture
 from grow_cli.checkpoint.integrity import record_checksums
-from grow_cli.checkpoint.metadata import COMMON_KEY, CheckpointInfo, read_info
+from grow_cli.checkpoint.metadata import CheckpointInfo, common_state, read_info
 from grow_cli.checkpoint.space import check_room, disk_full_as_error
 from grow_cli.checkpoint.tensors import validate_checkpoint
 
@@ -30,12 +30,16 @@ def save_model_checkpoint(
     """Write `model` (and any `extra_state`: optimizer, scheduler, RNG...) to `path` atomically.
 
     `extra_state` entries that are megatron ShardedBase objects become tensors of the checkpoint;
-    plain values land in `common.pt` beside the grow record. `sharded_strategy` is a megatron
+    plain values land in `common.pt` beside the grow record and Megatron-LM's args. `sharded_strategy` is a megatron
     save strategy (default: torch_dist), e.g. one that spreads the writes over DP replicas.
     """
-    from megatron.core import dist_checkpointing
+    from megatron.core import dist_checkpointing, parallel_state
 
-    state = {"model": model.sharded_state_dict(), COMMON_KEY: info.to_dict()}
+    layout = dict(
+        tp=parallel_state.get_tensor_model_parallel_world_size(),
+        pp=parallel_state.get_pipeline_model_parallel_world_size(),
+    )
+    state = {"model": model.sharded_state_dict(), **common_state(info, model.vocab_size, **layout)}
     state.update(extra_state or {})
     with atomic_directory(path, force=force, what="checkpoint") as tmp:
         check_room(tmp, _stored_bytes(state))

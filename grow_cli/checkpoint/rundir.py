@@ -7,20 +7,28 @@ replaced atomically after each save), `metrics.jsonl`, `tensorboard/` and, at ex
 
 Every command that reads a checkpoint accepts a checkpoint, a run directory or its `latest`, so
 `grow expand runs/2B`, `grow expand runs/2B/latest` and `grow expand runs/2B/iter_0040000` all work.
+
+Megatron-LM finds a checkpoint only through `latest_checkpointed_iteration.txt` in its save
+directory (an iteration number, or `release` for the `release/` directory) and silently starts
+from random weights without it. So grow writes that tracker next to `latest` in every directory
+holding checkpoints, and honours it when reading: a Megatron-LM save directory works as it is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
 from pathlib import Path
 from typing import Protocol
 
-from grow_cli.checkpoint.atomic import write_json_atomic, write_text_atomic
+from grow_cli.checkpoint.atomic import _barrier, _is_main, atomic_directory, write_json_atomic, write_text_atomic
 from grow_cli.errors import GrowError
 
 LATEST_FILE = "latest"
+TRACKER_FILE = "latest_checkpointed_iteration.txt"  # Megatron-LM's `latest`
+RELEASE = "release"  # Megatron-LM's name for a checkpoint without training state
 RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
@@ -30,7 +38,7 @@ _CHECKPOINT_NAME = re.compile(f"^{_CHECKPOINT}$")
 # What a run directory may hold besides run.json (a `grow slurm` script and its logs come first).
 _RUN_ENTRY = re.compile(
     "^("
-    + "|".join(re.escape(name) for name in (LATEST_FILE, METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR))
+    + "|".join(re.escape(name) for name in (LATEST_FILE, TRACKER_FILE, METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR))
     + rf"|{_CHECKPOINT}|\..+|slurm-.*\.out|.*\.sbatch)$"
 )
 
@@ -70,13 +78,41 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def tracked_checkpoint(save_dir: Path) -> Path | None:
+    """The checkpoint Megatron-LM's tracker in `save_dir` names (None without a tracker); a
+    GrowError for a tracker that is unreadable or names a checkpoint that is not there."""
+    tracker = Path(save_dir) / TRACKER_FILE
+    if not tracker.is_file():
+        return None
+    text = tracker.read_text().strip()
+    if text == RELEASE:
+        name = RELEASE
+    elif text.isdigit():
+        name = checkpoint_name(int(text))
+    else:
+        raise GrowError(f"{tracker} holds {text[:40]!r}, neither an iteration nor 'release'; fix or remove it")
+    if not (tracker.parent / name / "metadata.json").is_file():
+        raise GrowError(
+            f"{tracker} names {name}, but {tracker.parent / name} is not a complete checkpoint; "
+            "point the tracker at an existing iteration or pass that iteration's directory"
+        )
+    return tracker.parent / name
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """The checkpoint directory `path` means; unchanged when it names nothing we recognise."""
     path = Path(path)
     if (path / "metadata.json").is_file():
         return path
-    if path.name == LATEST_FILE and path.is_file():
-        return path.parent / path.read_text().strip()
+    if path.name in (LATEST_FILE, TRACKER_FILE) and path.is_file():
+        if path.name == LATEST_FILE:
+            return path.parent / path.read_text().strip()
+        path = path.parent
+    tracked = tracked_checkpoint(path) if path.is_dir() else None
+    if tracked is not None:
+        return tracked
+    if (path / RELEASE / "metadata.json").is_file():
+        return path / RELEASE
     return latest_checkpoint(path) or path
 
 
@@ -90,7 +126,25 @@ def run_directory(checkpoint: str | Path) -> Path | None:
 
 
 def write_latest(run_dir: Path, name: str) -> None:
+    """Point `latest` and Megatron-LM's tracker at the checkpoint `name` (`iter_N` or `release`)."""
     write_text_atomic(Path(run_dir) / LATEST_FILE, name + "\n")
+    match = _CHECKPOINT_NAME.match(name)
+    write_text_atomic(Path(run_dir) / TRACKER_FILE, (str(int(match.group(1))) if match else RELEASE) + "\n")
+
+
+@contextlib.contextmanager
+def release_checkpoint(out: str | Path, *, force: bool, what: str):
+    """Collective: yield the directory a standalone checkpoint (expand, import) is written into,
+    `OUT/release/`, so that `OUT` is what Megatron-LM's `--load` expects (the tracker says
+    `release`: weights without training state); `OUT` appears complete or not at all."""
+    with atomic_directory(out, force=force, what=what) as tmp:
+        checkpoint = tmp / RELEASE
+        if _is_main():
+            checkpoint.mkdir()
+        _barrier()
+        yield checkpoint
+        if _is_main():
+            write_latest(tmp, RELEASE)
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int, protect: Path) -> list[Path]:

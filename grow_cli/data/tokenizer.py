@@ -245,10 +245,12 @@ def load_recorded(
 def model_tokenizer(checkpoint: str | Path, record: TokenizerRecord | None, tokenizer_file: str | Path | None = None) -> Tokenizer:
     """The tokenizer checkpoint `checkpoint` was trained with: its record, read from the copy in
     the checkpoint's `tokenizer/` folder when there is one; GPT-2 for checkpoints of an older grow,
-    which recorded none and could only train on GPT-2 data."""
+    which recorded none and could only train on GPT-2 data. `grow import` keeps the folder in the
+    save directory, beside the checkpoint's `release/`, so the parent is looked at too."""
     if record is None:
         return load_tokenizer(DEFAULT_TOKENIZER, tokenizer_file)
-    copies = (Path(checkpoint) / CHECKPOINT_TOKENIZER_DIR / Path(record.path).name,) if record.path else ()
+    name = Path(record.path).name if record.path else None
+    copies = tuple(folder / CHECKPOINT_TOKENIZER_DIR / name for folder in (Path(checkpoint), Path(checkpoint).parent)) if name else ()
     return load_recorded(record, copies, tokenizer_file)
 
 

@@ -30,7 +30,7 @@ class Depth(str, Enum):
 
 
 def expand_command(
-    source: Path = typer.Argument(..., help="Source checkpoint (torch_dist, saved at any TP/PP), or a pretrain run directory / its `latest` file (newest checkpoint)."),
+    source: Path = typer.Argument(..., help="Source checkpoint (torch_dist, saved at any TP/PP), a pretrain run directory / its `latest` file (newest checkpoint), or a Megatron-LM save directory (its tracker)."),
     to: Optional[str] = typer.Option(None, "--to", help="Target size: a preset (1B, 2B, 4B, 8B) or any size such as 600M."),
     plan: Optional[Path] = typer.Option(None, "--plan", help="Plan file from `grow plan --out`; the target is one of its stages."),
     stage: Optional[str] = typer.Option(None, "--stage", help="Plan stage (index or name); default: the stage after the source's."),
@@ -48,11 +48,12 @@ def expand_command(
     data: Optional[str] = typer.Option(None, "--data", help="Prepared data prefix whose validation split --verify uses (default: the shipped corpus)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the tensor mapping and the bytes to read/write; write nothing."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+    vocab: Optional[int] = typer.Option(None, "--vocab", help="Vocabulary size of a Megatron-LM source whose args do not tell it (tokenizer before padding)."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout."),
 ) -> None:
     """Grow a checkpoint into a larger shape (width and depth), streaming layer by layer.
 
-    The output loads in `grow pretrain` and in plain megatron-core at any TP/PP. Optimizer state is not carried: the expanded model starts at iteration 0 with a fresh optimizer. `--width iso --depth identity` is exactly function-preserving; `aki` + `stack` (the default) is the reference method (bert2BERT). Run under torchrun to split the work over several processes.
+    The output loads in `grow pretrain`, in plain megatron-core at any TP/PP and in Megatron-LM (`pretrain_gpt.py --load OUT`; flags: `grow megatron-args OUT`). The source may be a Megatron-LM save directory (its tracker and args are read; --vocab for tokenizers its args do not size). Optimizer state is not carried: the expanded model starts at iteration 0 with a fresh optimizer. `--width iso --depth identity` is exactly function-preserving; `aki` + `stack` (the default) is the reference method (bert2BERT). Run under torchrun to split the work over several processes.
 
     Examples:\n
       grow expand ckpt/1B --to 2B --out ckpt/2B-init\n
@@ -71,23 +72,23 @@ def expand_command(
     if data is not None and not verify:
         raise GrowError("--data only selects the --verify batch; add --verify or drop --data")
     if dry_run:
-        _dry_run(source, out, request, options, force, as_json)
+        _dry_run(source, out, request, options, force, as_json, vocab)
         return
     if out is None:
         raise GrowError("pass --out DIR for the expanded checkpoint (or --dry-run to only see the plan)")
     from grow_cli.expansion.engine import open_source
 
-    _, info = open_source(source)
+    _, info = open_source(source, vocab=vocab)
     target, label = resolve_target(info.shape, request, info.stage)
-    _run(source, out, target, label, str(plan) if plan else None, options, force, verify, data, as_json)
+    _run(source, out, target, label, str(plan) if plan else None, options, force, verify, data, as_json, vocab)
 
 
-def _dry_run(source: Path, out: Optional[Path], request, options, force: bool, as_json: bool) -> None:
+def _dry_run(source: Path, out: Optional[Path], request, options, force: bool, as_json: bool, vocab: Optional[int]) -> None:
     from grow_cli.expansion.engine import check_paths, open_source, planned_reads
     from grow_cli.expansion.recipe import ExpansionRecipe
     from grow_cli.expansion.target import resolve_target
 
-    reader, info = open_source(source)
+    reader, info = open_source(source, vocab=vocab)
     target, _ = resolve_target(info.shape, request, info.stage)
     if out is not None:
         check_paths(reader.path, out, force)
@@ -133,7 +134,7 @@ def _dry_run(source: Path, out: Optional[Path], request, options, force: bool, a
     )
 
 
-def _run(source, out, target, label, plan_path, options, force, verify, data, as_json) -> None:
+def _run(source, out, target, label, plan_path, options, force, verify, data, as_json, vocab) -> None:
     import torch
 
     from grow_cli.expansion.engine import expand_checkpoint
@@ -144,7 +145,7 @@ def _run(source, out, target, label, plan_path, options, force, verify, data, as
         init_distributed()
     is_main = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
     try:
-        result = _expand_with_progress(expand_checkpoint, source, out, target, label, plan_path, options, force, is_main and not as_json)
+        result = _expand_with_progress(expand_checkpoint, source, out, target, label, plan_path, options, force, is_main and not as_json, vocab)
         check = None
         if verify:
             from grow_cli.expansion.verify import held_out_tokens, verify_expansion
@@ -158,22 +159,28 @@ def _run(source, out, target, label, plan_path, options, force, verify, data, as
         _report(result, check, as_json)
 
 
-def _expand_with_progress(expand_checkpoint, source, out, target, label, plan_path, options, force, show: bool):
+def _expand_with_progress(expand_checkpoint, source, out, target, label, plan_path, options, force, show: bool, vocab):
     from grow_cli.console import progress_bar
 
     if not show:
-        return expand_checkpoint(source, out, target, options, stage=label, plan=plan_path, force=force)
+        return expand_checkpoint(source, out, target, options, stage=label, plan=plan_path, force=force, vocab=vocab)
     with progress_bar("[bold]expand[/] {task.description}") as progress:
         task = progress.add_task("", total=None)
 
         def on_piece(piece, done: int, total: int) -> None:
             progress.update(task, completed=done, total=total, description=piece.key)
 
-        return expand_checkpoint(source, out, target, options, stage=label, plan=plan_path, force=force, on_piece=on_piece)
+        return expand_checkpoint(source, out, target, options, stage=label, plan=plan_path, force=force, on_piece=on_piece, vocab=vocab)
 
 
 def _report(result, check, as_json: bool) -> None:
+    from grow_cli.interop.megatron import megatron_launch
+
     src, dst = result.source.shape, result.target.shape
+    try:
+        megatron = megatron_launch(result.output).to_json()
+    except GrowError as error:  # e.g. rows Megatron-LM cannot pad to at TP=1: the output stands
+        megatron = {"load": None, "flags": None, "notes": [str(error)]}
     summary = {
         "output": str(result.output),
         "source_shape": src.to_dict(),
@@ -186,6 +193,7 @@ def _report(result, check, as_json: bool) -> None:
         "bytes_read": result.bytes_read, "bytes_written": result.bytes_written,
         "pieces": result.pieces, "ranks": result.ranks, "seconds": round(result.seconds, 3),
         "notes": result.notes,
+        "megatron_lm": megatron,
     }
     if check is not None:
         summary["verify"] = {
@@ -217,6 +225,8 @@ def _report(result, check, as_json: bool) -> None:
         table.add_row("loss", f"source {check.loss_source:.4f} -> expanded {check.loss_target:.4f}")
         table.add_row("max |dlogit|", f"{check.max_abs_dlogit:.3g} (max |logit| {check.max_abs_logit:.3g}, "
                       f"relative {check.relative_dlogit:.2g})")
+    table.add_row("Megatron-LM", f"pretrain_gpt.py --load {megatron['load']} (all flags: grow megatron-args {result.output})"
+                  if megatron["load"] else "; ".join(megatron["notes"]))
     console = stdout_console()
     console.print(table)
     for note in result.notes:

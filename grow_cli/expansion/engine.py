@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 
-from grow_cli.checkpoint.atomic import atomic_directory, check_output
+from grow_cli.checkpoint.atomic import check_output
 from grow_cli.checkpoint.checks import check_not_input
-from grow_cli.checkpoint.metadata import COMMON_KEY, CheckpointInfo, ExpandDetails, LineageStep, read_info
+from grow_cli.checkpoint.metadata import CheckpointInfo, ExpandDetails, LineageStep, common_state, read_info
+from grow_cli.checkpoint.rundir import release_checkpoint
 from grow_cli.checkpoint.tensors import CheckpointReader, Piece, write_checkpoint
 from grow_cli.expansion.recipe import ExpandOptions, ExpansionRecipe, SourceRead
 from grow_cli.growth_rules import check_growth
@@ -137,10 +138,11 @@ class ExpandResult:
     notes: list[str] = field(default_factory=list)
 
 
-def open_source(path: str | Path) -> tuple[CheckpointReader, CheckpointInfo]:
-    """The source's reader and grow record (clear errors for anything that is not one)."""
+def open_source(path: str | Path, *, vocab: int | None = None) -> tuple[CheckpointReader, CheckpointInfo]:
+    """The source's reader and grow record (clear errors for anything that is not one); `vocab`
+    for a Megatron-LM source whose args do not tell it."""
     reader = CheckpointReader(path)
-    return reader, read_info(path)
+    return reader, read_info(path, vocab=vocab)
 
 
 def check_paths(source: Path, output: Path, force: bool) -> None:
@@ -214,6 +216,7 @@ def expand_checkpoint(
     plan: str | None = None,
     force: bool = False,
     on_piece: Callable[[Piece, int, int], None] | None = None,
+    vocab: int | None = None,
 ) -> ExpandResult:
     """Expand the checkpoint at `source` into `target`, writing `output` atomically.
 
@@ -222,7 +225,7 @@ def expand_checkpoint(
     `on_piece(piece, done, total)` is called after each piece this rank produces (progress).
     """
     start = time.perf_counter()
-    reader, info = open_source(source)
+    reader, info = open_source(source, vocab=vocab)
     source, output = reader.path, Path(output)  # a run directory or `latest` names its checkpoint
     check_paths(source, output, force)
     check_growth(info.shape, target)
@@ -247,13 +250,13 @@ def expand_checkpoint(
     # idle OpenMP workers spin, so sharing every core between both measured slower
     torch.set_num_threads(max(1, threads - 1))
     try:
-        with atomic_directory(output, force=force, what="output") as tmp:
+        with release_checkpoint(output, force=force, what="output") as tmp:
             prefetch = Prefetcher(mine, lambda piece: expansion.build(piece, cache))
             write_checkpoint(
                 tmp,
                 mine,
                 produce,
-                common={COMMON_KEY: new_info.to_dict()},
+                common=common_state(new_info, expansion.vocab_rows),
                 objects=expansion.objects(),
                 distributed=world > 1,
             )

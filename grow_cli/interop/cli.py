@@ -1,4 +1,5 @@
-"""`grow export` and `grow import`: Hugging Face Llama directories <-> grow checkpoints.
+"""`grow export` and `grow import`: Hugging Face Llama directories <-> grow checkpoints;
+`grow megatron-args`: the Megatron-LM command line for a checkpoint.
 
 torch, megatron and safetensors are imported inside the commands, so `grow --help` stays instant.
 """
@@ -38,7 +39,7 @@ def _progress(label: str):
 
 
 def export_command(
-    checkpoint: Annotated[str, typer.Argument(help="grow checkpoint directory (torch_dist).")],
+    checkpoint: Annotated[str, typer.Argument(help="grow checkpoint directory (torch_dist), run directory, or Megatron-LM save directory.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Output directory for the Hugging Face model.")],
     dtype: Annotated[str, typer.Option(help="Weight precision in the export: bf16 or fp32.")] = "bf16",
     shard_size: Annotated[
@@ -52,6 +53,9 @@ def export_command(
         ),
     ] = "auto",
     force: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+    vocab: Annotated[
+        int | None, typer.Option("--vocab", help="Vocabulary size, for Megatron-LM checkpoints whose args do not tell it.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     from grow_cli.interop.export import export_checkpoint
@@ -68,6 +72,7 @@ def export_command(
             shard_size=max_bytes,
             tokenizer=None if tokenizer.lower() == "none" else tokenizer,
             force=force,
+            vocab=vocab,
             on_plan=lambda total: progress.update(task, total=total),
             on_tensor=lambda name, nbytes: progress.update(task, advance=nbytes, item=name),
         )
@@ -135,7 +140,36 @@ def import_command(
         warnings.print(f"[yellow]warning:[/yellow] {warning}")
 
 
+MEGATRON_ARGS_HELP = (
+    "Print the Megatron-LM pretrain_gpt.py flags that load a checkpoint.\n\n"
+    "Works for every checkpoint grow reads (grow's own, and Megatron-LM save directories): the "
+    "architecture, --norm-epsilon and the vocabulary padding (which --use-checkpoint-args does not "
+    "copy), --untie-embeddings-and-output-weights when untied, and --finetune --no-load-optim "
+    "--no-load-rng for a checkpoint without training state (grown, imported). See docs/megatron-lm.md."
+)
+
+
+def megatron_args_command(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint, run directory, or Megatron-LM save directory.")],
+    tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel degree the Megatron-LM run will use.")] = 1,
+    vocab: Annotated[
+        int | None, typer.Option("--vocab", help="Vocabulary size, for Megatron-LM checkpoints whose args do not tell it.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the flags as JSON on stdout.")] = False,
+) -> None:
+    from grow_cli.interop.megatron import megatron_launch
+
+    launch = megatron_launch(checkpoint, tp=tp, vocab=vocab)
+    if as_json:
+        typer.echo(json.dumps(launch.to_json(), indent=2))
+        return
+    typer.echo(launch.command_line())
+    for note in launch.notes:
+        typer.echo(f"# note: {note}", err=True)
+
+
 def register(app: typer.Typer) -> None:
-    """Add `export` and `import` to the grow app."""
+    """Add `export`, `import` and `megatron-args` to the grow app."""
     app.command("export", help=EXPORT_HELP)(export_command)
     app.command("import", help=IMPORT_HELP)(import_command)
+    app.command("megatron-args", help=MEGATRON_ARGS_HELP)(megatron_args_command)

@@ -110,10 +110,12 @@ def export_checkpoint(
     shard_size: int = DEFAULT_SHARD_SIZE,
     tokenizer: str | None = "auto",
     force: bool = False,
+    vocab: int | None = None,
     on_tensor: Callable[[str, int], None] = lambda name, nbytes: None,
     on_plan: Callable[[int], None] = lambda total_bytes: None,
 ) -> ExportResult:
-    """Write the HF Llama directory `out` for grow checkpoint `checkpoint`.
+    """Write the HF Llama directory `out` for grow checkpoint `checkpoint` (or a Megatron-LM one:
+    `vocab` when its args do not tell the vocabulary).
 
     `on_plan(total_bytes)` is called once the shards are planned, `on_tensor(name, nbytes)` after
     each tensor is converted (for progress bars). Nothing is written when a check fails.
@@ -124,7 +126,7 @@ def export_checkpoint(
     checkpoint, out = Path(checkpoint), Path(out)
     check_not_input(out, checkpoint)
     reader = CheckpointReader(checkpoint)
-    info: CheckpointInfo = read_info(checkpoint)
+    info: CheckpointInfo = read_info(checkpoint, vocab=vocab)
     shape = info.shape
     check_model_tensors(reader, shape, refuse_unknown=False)
     tok = _load_tokenizer(tokenizer, checkpoint, info)

@@ -30,9 +30,10 @@ from pathlib import Path
 import torch
 
 from grow_cli.checkpoint import layout
-from grow_cli.checkpoint.atomic import atomic_directory, check_output
+from grow_cli.checkpoint.atomic import check_output
 from grow_cli.checkpoint.checks import check_not_input
-from grow_cli.checkpoint.metadata import COMMON_KEY, CheckpointInfo, ImportDetails, LineageStep
+from grow_cli.checkpoint.metadata import CheckpointInfo, ImportDetails, LineageStep, common_state
+from grow_cli.checkpoint.rundir import release_checkpoint
 from grow_cli.checkpoint.tensors import Piece, tile, write_checkpoint
 from grow_cli.data.tokenizer_record import CHECKPOINT_TOKENIZER_DIR
 from grow_cli.dtypes import WEIGHT_DTYPES, short_name
@@ -221,18 +222,19 @@ def import_llama(
         tokenizer_files, tokenizer, warnings = _source_tokenizer(source, out, shape)
         if info.tokenizer is None and tokenizer is not None:
             info = replace(info, tokenizer=tokenizer)  # a grow export keeps the record it carries
-        with atomic_directory(out, force=force, what="checkpoint") as tmp:
+        with release_checkpoint(out, force=force, what="checkpoint") as tmp:
             write_checkpoint(
                 tmp,
                 pieces,
                 produce,
-                common={COMMON_KEY: info.to_dict()},
+                common=common_state(info, vocab_rows),
                 objects=layout.extra_state_objects(shape),
             )
-            if tokenizer_files:
-                (tmp / CHECKPOINT_TOKENIZER_DIR).mkdir()
+            if tokenizer_files:  # beside release/, at the path the record names
+                folder = tmp.parent / CHECKPOINT_TOKENIZER_DIR
+                folder.mkdir()
                 for name in tokenizer_files:
-                    shutil.copyfile(source / name, tmp / CHECKPOINT_TOKENIZER_DIR / name)
+                    shutil.copyfile(source / name, folder / name)
     return ImportResult(
         source=source,
         out=out,
