@@ -53,6 +53,8 @@ def _check_value(value, hint, source: str, where: str) -> None:
     if not isinstance(value, expected) or (hint is not bool and isinstance(value, bool)):
         name = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[hint]
         raise _problem(source, where, f"must be {name}, got {value!r}")
+    if hint not in (int, float):  # ranges are for numbers (PlanRequest.kv_groups is "auto"/"mha"/"N")
+        return
     field = where.rsplit(".", 1)[-1]
     if field in POSITIVE and value <= 0:
         raise _problem(source, where, f"must be positive, got {value!r}")
