@@ -100,8 +100,10 @@ def pretrain(config: TrainConfig, objective: Objective | None = None, step: Line
     check_run_directory(config)  # before the process group: a wrong --out fails at once
     finished = _finished_summary(config)
     if finished is not None:
-        if is_main() and not config.quiet:
-            stderr_console().print(_nothing_to_do(config), highlight=False, soft_wrap=True)
+        if is_main():
+            with output_lock(config.out, "run directory"):  # another job writing it now: refuse, as a training run would
+                if not config.quiet:
+                    stderr_console().print(_nothing_to_do(config), highlight=False, soft_wrap=True)
         return finished
     layout = config.parallel.layout
     owned = not torch.distributed.is_initialized()
@@ -131,10 +133,12 @@ def _finished_summary(config: TrainConfig) -> TrainSummary | None:
     a completed summary (the last attempt died after its final checkpoint) the run starts as
     usual and finds nothing to do itself.
     """
+    from grow_cli.checkpoint.integrity import sound_checkpoint
+
     found = run_checkpoints(config.out)
     train_iters = config.batch.train_iters
-    if not found or found[-1][0] < train_iters:
-        return None
+    if not found or found[-1][0] < train_iters or sound_checkpoint(found[-1][1]) is not None:
+        return None  # not finished, or its final checkpoint is damaged: resume picks a sound one
     recorded = read_summary(config.out)
     if recorded is None or recorded.get("status") != "completed" or recorded.get("iteration") != train_iters:
         return None
