@@ -55,11 +55,9 @@ class DataConsumed:
 
 
 @dataclass(frozen=True)
-class PretrainDetails:
-    """`grow pretrain` (from scratch, or from --init): the run that trained the checkpoint."""
+class TrainingRunDetails:
+    """What every training run records (`grow pretrain` and `grow distill` alike)."""
 
-    stage: str | None = None
-    plan: str | None = None
     data: str | None = None
     train_iters: int | None = None
     global_batch: int | None = None
@@ -67,6 +65,14 @@ class PretrainDetails:
     lr: float | None = None
     min_lr: float | None = None
     seed: int | None = None
+
+
+@dataclass(frozen=True)
+class PretrainDetails(TrainingRunDetails):
+    """`grow pretrain` (from scratch, or from --init): the run that trained the checkpoint."""
+
+    stage: str | None = None
+    plan: str | None = None
     data_consumed: DataConsumed | None = None  # None: written by a grow that did not record it
 
 
@@ -103,16 +109,9 @@ class ImportDetails:
 
 
 @dataclass(frozen=True)
-class DistillDetails:
+class DistillDetails(TrainingRunDetails):
     """`grow distill`: the run that distilled the checkpoint; the step's source is the teacher."""
 
-    data: str | None = None
-    train_iters: int | None = None
-    global_batch: int | None = None
-    tokens: int | None = None
-    lr: float | None = None
-    min_lr: float | None = None
-    seed: int | None = None
     lam: float | None = None  # λ, the weight of the movement term
     gamma: float | None = None  # γ, the depth weighting w_l = softmax(γ·l)
     direction: str | None = None  # "reverse" KL(p_l ‖ p_teacher) or "forward" KL(p_teacher ‖ p_l)
