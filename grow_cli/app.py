@@ -61,15 +61,17 @@ register_interop(app)  # export, import, megatron-args
 app.command("series", help=SERIES_HELP, epilog=SERIES_EPILOG, no_args_is_help=True)(series_command)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console entry point: user mistakes become one line on stderr and exit code 2.
 
     So does an OSError on a path the user gave (read-only or full disk, permissions): the
     command cannot fix it, the user can. An OSError on the installation's own files is a bug
-    and keeps its traceback."""
+    and keeps its traceback. `argv` (default: the command line) lets `grow series` run a step's
+    command inside its own process, exactly as `grow ARGV...` would run it; like any click
+    program this ends in SystemExit with the exit status."""
     _quiet_library_warnings()
     try:
-        app()
+        app(args=argv)
     except GrowError as error:
         _exit_with(str(error), error.exit_code)
     except OSError as error:
@@ -97,6 +99,9 @@ _QUIET_LOG_LINES = (
 )
 
 
+_quieted = False
+
+
 def _quiet_library_warnings() -> None:
     """Warnings that say nothing about the user's run: megatron announcing its torch fallbacks
     when Transformer Engine/Apex are absent (expected on CPU), a deprecation megatron raises
@@ -105,6 +110,10 @@ def _quiet_library_warnings() -> None:
     import logging
     import warnings
 
+    global _quieted
+    if _quieted:  # a series runs many commands in one process: one set of filters is enough
+        return
+    _quieted = True
     for name, start in _QUIET_LOG_LINES:
         logging.getLogger(name).addFilter(lambda record, start=start: not record.getMessage().startswith(start))
     for message in (

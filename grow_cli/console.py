@@ -5,6 +5,7 @@ terminal (CI logs, SLURM output files), where nothing redraws and nobody resizes
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 from rich.console import Console
@@ -29,10 +30,10 @@ LOG_WIDTH = 1000
 LOG_INTERVAL_S = 30.0
 
 
-def _console(stderr: bool) -> Console:
-    console = Console(stderr=stderr)
+def _console(stderr: bool, file=None) -> Console:
+    console = Console(stderr=stderr, file=file)
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(stderr=stderr, width=LOG_WIDTH)
+        console = Console(stderr=stderr, file=file, width=LOG_WIDTH)
     return console
 
 
@@ -44,6 +45,21 @@ def stdout_console() -> Console:
 def stderr_console() -> Console:
     """A rich console on stderr (progress, warnings and live status; results go to stdout)."""
     return _console(stderr=True)
+
+
+def pinned_stderr_console() -> Console:
+    """A stderr console that stays on today's stderr when file descriptor 2 is later pointed elsewhere.
+
+    `grow series` runs steps inside its own process with descriptors 1 and 2 sent to the step's
+    log (so torch's C++ messages land there too); its live overview must keep drawing on the
+    terminal meanwhile, so it writes to a duplicate of the descriptor taken now. Where stderr has
+    no descriptor (a test capturing it in memory) this is the plain stderr console.
+    """
+    try:
+        descriptor = os.dup(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both an OSError and a ValueError
+        return stderr_console()
+    return _console(stderr=True, file=os.fdopen(descriptor, "w", buffering=1, encoding="utf-8", errors="replace"))
 
 
 def progress_bar(

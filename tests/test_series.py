@@ -103,6 +103,10 @@ def test_quick_series_checkpoints_lineage_data_and_report(work, finished):
     assert "growth is" in report["verdict"] and (finished / "report" / "loss_vs_flops.png").stat().st_size > 0
     markdown = (finished / "report" / "series.md").read_text()
     assert f"| {large.name} | scratch |" in markdown
+    # Steps ran inside the series' process, their output (descriptors 1 and 2) in their own logs.
+    log = (finished / "logs" / f"pretrain-{large.name}.log").read_text()
+    assert f"completed at iteration {large.train_iters}/{large.train_iters}" in log
+    assert "perplexity" in (finished / "logs" / "eval.log").read_text()
 
 
 @pytest.mark.slow
@@ -178,7 +182,8 @@ def test_killed_mid_stage_and_rerun_equals_uninterrupted(work, finished, tmp_pat
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert final_checkpoint(run) is None  # killed mid-stage
-    _ok(series(work, out))
+    # resumed with every step as its own process: the uninterrupted reference ran them in one
+    _ok(series(work, out, "--isolate"))
     state = json.loads((out / "series.json").read_text())["steps"]
     assert state["pretrain-300K"]["attempts"] == 2 and state["pretrain-100K"]["attempts"] == 1
     mine, reference = CheckpointReader(final_checkpoint(run)), CheckpointReader(final_checkpoint(finished / "runs" / "300K"))

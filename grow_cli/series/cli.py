@@ -111,11 +111,11 @@ def _series(plan_arg: PlanArgument, options: SeriesOptions, launch: LaunchOption
     if launch.slurm:
         _write_slurm(steps, plan, plan_path, options, launch, layout)
         return
-    from grow_cli.console import stderr_console
+    from grow_cli.console import pinned_stderr_console
     from grow_cli.series.report import write_report
     from grow_cli.series.runner import SeriesRunner
 
-    state = SeriesRunner(steps, plan, layout, state, launch.nproc_per_node, stderr_console()).run()
+    state = SeriesRunner(steps, plan, layout, state, launch.nproc_per_node, pinned_stderr_console(), launch.isolate).run()
     report = write_report(steps, plan, layout, state)
     if launch.as_json:
         typer.echo(json.dumps({"state": state.to_json()["steps"], "report": report}, indent=2))
@@ -127,14 +127,17 @@ def _series(plan_arg: PlanArgument, options: SeriesOptions, launch: LaunchOption
 def _print_dry_run(steps, layout, launch: LaunchOptions) -> None:
     import shlex
 
-    from grow_cli.series.runner import launcher
+    from grow_cli.series.runner import launcher, runs_in_process
+
+    def here(step) -> bool:
+        return runs_in_process(step, launch.nproc_per_node, launch.isolate)
 
     if launch.as_json:
-        typer.echo(json.dumps({"out": str(layout.root), "steps": [s.to_json() for s in steps]}, indent=2))
+        typer.echo(json.dumps({"out": str(layout.root), "steps": [{**s.to_json(), "in_process": here(s)} for s in steps]}, indent=2))
         return
     for index, step in enumerate(steps, 1):
         command = [*launcher(step, launch.nproc_per_node), *step.argv]
-        typer.echo(f"{index}. {step.name}: {shlex.join(command)}")
+        typer.echo(f"{index}. {step.name}{' (in this process)' if here(step) else ''}: {shlex.join(command)}")
     typer.echo(f"then: the report in {layout.report}")
 
 

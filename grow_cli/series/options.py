@@ -73,6 +73,11 @@ class LaunchOptions:
     nproc_per_node: Annotated[
         int, option("--nproc-per-node", "Processes for the training and evaluation steps (torchrun when > 1).", LAUNCH)
     ] = 1
+    isolate: Annotated[
+        bool,
+        option("--isolate", "Run every step as its own `grow` process, as --dry-run prints it (without it, steps on one process "
+               "per node run inside this one, saving each step's 4-5 s of importing torch and megatron-core; the results are the same).", LAUNCH),
+    ] = False
     slurm: Annotated[bool, option("--slurm", "Write one sbatch job per step into DIR/slurm/, chained with --dependency=afterok.", LAUNCH)] = False
     submit: Annotated[bool, option("--submit", "With --slurm: submit the chain with sbatch.", LAUNCH)] = False
     nodes: Annotated[int, option("--nodes", "With --slurm: nodes per training job.", LAUNCH)] = 1

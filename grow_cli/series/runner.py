@@ -1,21 +1,18 @@
-"""Run the steps of a series on this node, one after another, each as its own `grow` process.
+"""Run the steps of a series on this node, one after another, keeping DIR/series.json current.
 
-A step runs as `python -m grow_cli ...` (or under torchrun with `--nproc-per-node` > 1), its
-output going to DIR/logs/<step>.log, so a crash in one step cannot take the series' bookkeeping
-with it, and every step is exactly the command `--dry-run` prints. Before a step runs, its output
-is checked (`series/checks.py`): a finished step is skipped, an interrupted training run resumes
-from its last checkpoint (that is what `grow pretrain` does with an existing --out), a killed
-expansion left nothing behind (outputs are atomic) and runs again. Above the running step the
-overview shows every step with its state, tokens, loss and ETA, read from the runs' metrics.jsonl.
+Each step's output goes to DIR/logs/<step>.log; how its command runs (in this process, or as a
+child process under torchrun or with --isolate) is `series/execute.py`'s job. Before a step runs,
+its output is checked (`series/checks.py`): a finished step is skipped, an interrupted training run
+resumes from its last checkpoint (that is what `grow pretrain` does with an existing --out), a
+killed expansion left nothing behind (outputs are atomic) and runs again. Above the running step
+the overview shows every step with its state, tokens, loss and ETA, read from the runs'
+metrics.jsonl.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,18 +21,22 @@ from grow_cli.checkpoint.rundir import METRICS_FILE
 from grow_cli.errors import GrowError
 from grow_cli.planning.planfile import Plan
 from grow_cli.series.checks import step_done
+from grow_cli.series.execute import interruptible, python_prefix, run_child, run_here, torchrun_prefix
 from grow_cli.series.state import DONE, FAILED, RUNNING, SeriesState, now, save_state
 from grow_cli.series.steps import EVAL, TRAINING, SeriesLayout, Step
 
-POLL_S = 1.0
-
-
 def launcher(step: Step, nproc: int) -> list[str]:
-    """The argv prefix that starts `grow` for `step`."""
-    if nproc > 1 and step.parallel:
-        torchrun = str(Path(sys.executable).with_name("torchrun"))
-        return [torchrun, "--standalone", f"--nproc-per-node={nproc}", "-m", "grow_cli"]
-    return [sys.executable, "-m", "grow_cli"]
+    """The argv prefix that starts `grow` for `step` as a process of its own."""
+    return torchrun_prefix(nproc) if needs_torchrun(step, nproc) else python_prefix()
+
+
+def needs_torchrun(step: Step, nproc: int) -> bool:
+    return nproc > 1 and step.parallel
+
+
+def runs_in_process(step: Step, nproc: int, isolate: bool) -> bool:
+    """Whether the step runs inside the series' process (see `series/execute.py`)."""
+    return not isolate and not needs_torchrun(step, nproc)
 
 
 @dataclass(frozen=True)
@@ -92,13 +93,15 @@ def overview(steps: list[Step], state: SeriesState):
 class SeriesRunner:
     """Executes the steps in order, keeping DIR/series.json current."""
 
-    def __init__(self, steps: list[Step], plan: Plan, layout: SeriesLayout, state: SeriesState, nproc: int, console):
+    def __init__(self, steps: list[Step], plan: Plan, layout: SeriesLayout, state: SeriesState, nproc: int,
+                 console, isolate: bool = False):
         self.steps = steps
         self.plan = plan
         self.layout = layout
         self.state = state
         self.nproc = nproc
-        self.console = console
+        self.console = console  # a pinned console: it keeps drawing while a step owns descriptors 1 and 2
+        self.isolate = isolate
         self.members = [step for step in steps if step.kind in TRAINING]
 
     def _record(self, name: str, **changes) -> None:
@@ -112,7 +115,8 @@ class SeriesRunner:
         from rich.live import Live
 
         live = Live(overview(self.steps, self.state), console=self.console, refresh_per_second=1,
-                    auto_refresh=False, transient=not self.console.is_terminal)
+                    auto_refresh=False, transient=not self.console.is_terminal,
+                    redirect_stdout=False, redirect_stderr=False)  # the step's output belongs in its log
         with live:
             for step in self.steps:
                 if self.done(step):
@@ -131,54 +135,38 @@ class SeriesRunner:
         self._record(step.name, state=RUNNING, started=started, seconds=0.0, attempts=attempt, message=None)
         log = self.layout.log(step.name)
         log.parent.mkdir(parents=True, exist_ok=True)
-        command = [*launcher(step, self.nproc), *step.argv]
+        here = runs_in_process(step, self.nproc, self.isolate)
+        command = [*(["grow"] if here else launcher(step, self.nproc)), *step.argv]
         if not self.console.is_terminal:
-            self.console.print(f"series: {step.name} (attempt {attempt}): {' '.join(step.argv[:1])} -> {step.output}")
-        with log.open("a") as handle:
+            where = "in this process" if here else "as its own process"
+            self.console.print(f"series: {step.name} (attempt {attempt}, {where}): {' '.join(step.argv[:1])} -> {step.output}")
+
+        def tick() -> None:
+            self.state = self.state.with_step(step.name, seconds=now() - started)
+            live.update(overview(self.steps, self.state), refresh=True)
+
+        with log.open("a") as handle, tempfile.TemporaryFile("w+") as stdout:
             handle.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} attempt {attempt}: {' '.join(command)}\n")
             handle.flush()
-            stdout = subprocess.PIPE if step.kind == EVAL else handle
-            proc = subprocess.Popen(command, stdout=stdout, stderr=handle, text=True, env=dict(os.environ))
-            captured = self._wait(proc, step, started, live)
+            try:
+                with interruptible():
+                    run = run_here if here else run_child
+                    status = run(step.argv if here else command, stdout if step.kind == EVAL else handle, handle, tick)
+            except BaseException:
+                self._record(step.name, state=FAILED, seconds=now() - started, message="interrupted")
+                raise
+            stdout.seek(0)
+            captured = stdout.read()
         seconds = now() - started
-        if proc.returncode != 0:
-            self._record(step.name, state=FAILED, seconds=seconds, message=f"exit status {proc.returncode}")
-            raise GrowError(f"step {step.name} failed (exit status {proc.returncode}): {_last_line(log)}; see {log}, then re-run to resume")
+        if status != 0:
+            self._record(step.name, state=FAILED, seconds=seconds, message=f"exit status {status}")
+            raise GrowError(f"step {step.name} failed (exit status {status}): {_last_line(log)}; see {log}, then re-run to resume")
         if step.kind == EVAL:
             _write_eval(step.output, captured)
         if not self.done(step):
             self._record(step.name, state=FAILED, seconds=seconds, message="stopped before the end")
             raise GrowError(f"step {step.name} stopped before its end (pre-empted or --exit-interval); re-run to resume it")
         self._record(step.name, state=DONE, seconds=seconds)
-
-    def _wait(self, proc: subprocess.Popen, step: Step, started: float, live) -> str:
-        """Refresh the overview until the step's process exits; the eval step's stdout is kept.
-
-        Stopped itself (Ctrl-C, SIGTERM), the series passes SIGTERM on to the step, which saves a
-        checkpoint and exits (that is how `grow pretrain` handles it), so a re-run resumes it.
-        """
-        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        try:
-            if step.kind == EVAL:
-                captured, _ = proc.communicate()
-                return captured
-            while proc.poll() is None:
-                self.state = self.state.with_step(step.name, seconds=now() - started)
-                live.update(overview(self.steps, self.state), refresh=True)
-                time.sleep(POLL_S)
-            return ""
-        except BaseException:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait()
-            self._record(step.name, state=FAILED, seconds=now() - started, message="interrupted")
-            raise
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _exit_on_sigterm(signum, frame) -> None:
-    raise SystemExit(128 + signum)
 
 
 def _last_line(log: Path) -> str:
