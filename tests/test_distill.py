@@ -246,6 +246,17 @@ def test_lineage_names_the_teacher(miniature):
 
 
 @pytest.mark.slow
+def test_resuming_with_another_loss_is_refused(miniature):
+    run = miniature["work"] / "full"
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    proc = run_grow(["distill", str(miniature["kinked"]), "--data", miniature["data"], "--out", str(run), *DISTILL, "--lambda", "0.5"])
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert "objective=" in lines[0] and "'lambda': 1.0" in lines[0] and "'lambda': 0.5" in lines[0], lines[0]
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case, message",
     [

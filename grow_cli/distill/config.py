@@ -31,6 +31,11 @@ class DistillSettings:
     direction: str = "reverse"
     report_tokens: int = 65536
 
+    def objective(self) -> dict:
+        """What the run's identity records of the loss (the report's size does not change the training)."""
+        return {"kind": "distill", "teacher_id": self.teacher_id, "lambda": self.lam, "gamma": self.gamma,
+                "direction": self.direction}
+
 
 def check_distill_options(options: DistillOptions, run: PretrainOptions) -> None:
     """What needs nothing but the flags."""
@@ -88,4 +93,4 @@ def resolve_distill(
     config = replace(config, model=replace(config.model, shape=shape, name=info.stage or config.model.name), stage=info.stage)
     check_init_checkpoint(config.init, shape, inputs.data)
     settings = DistillSettings(config.init, info.checkpoint_id, options.lam, options.gamma, options.kl, options.report_tokens)
-    return config, settings
+    return replace(config, objective=settings.objective()), settings

@@ -115,6 +115,9 @@ class TrainConfig:
     quiet: bool = False
     speed: SpeedSettings = field(default_factory=SpeedSettings)  # kernels and gradient handling
     window: DataWindow = field(default_factory=lambda: DataWindow(1234))  # where in the data order it reads
+    # The loss when it is not plain next-token cross-entropy (`grow distill`: its teacher, λ, γ and
+    # KL direction), so a resume with another loss is refused like one with another learning rate.
+    objective: dict | None = None
 
     @property
     def shape(self) -> ModelShape:
@@ -142,6 +145,7 @@ class TrainConfig:
             "train_iters": self.batch.train_iters,
             "optimizer": asdict(self.optimizer),
             "data_window": asdict(self.window),
+            **({"objective": self.objective} if self.objective else {}),  # absent for pretraining: older runs resume
         }
 
     def to_dict(self) -> dict:
