@@ -274,8 +274,11 @@ def test_cli_verify_reports_exactness(work, tmp_path):
     check = summary["verify"]
     assert check["max_abs_dlogit"] <= 1e-4 * check["max_abs_logit"]
     assert check["loss_source"] == pytest.approx(check["loss_target"], abs=1e-5)
+    assert check["delta_loss"] == pytest.approx(0.0, abs=1e-5) and check["delta_loss_stderr"] <= 1e-5
+    assert check["tokens_requested"] == 32768 and check["sequences"] * check["seq_len"] == check["tokens"]
     if Path(__import__("os").environ["GROW_ASSETS"], ".installed").exists():
-        assert "shipped corpus" in check["tokens"]
+        assert "shipped corpus" in check["held_out"]
+        assert check["tokens"] >= 32768 and check["shortfall"] is None  # the shipped text holds 52K GPT-2 tokens
     assert summary["exact"] and any("optimizer state is not carried" in n for n in summary["notes"])
 
 

@@ -193,7 +193,7 @@ def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], tokens: torch.Tens
 
 
 @torch.no_grad()
-def _checkpoint_pass(path: Path, tokens: torch.Tensor) -> Pass:
+def checkpoint_pass(path: Path, tokens: torch.Tensor) -> Pass:
     from grow_cli.checkpoint.model_io import model_from_checkpoint
     from grow_cli.layout import Layout
 
@@ -213,8 +213,8 @@ def _checkpoint_pass(path: Path, tokens: torch.Tensor) -> Pass:
 
 def verify_expansion(source: str | Path, output: str | Path, held_out: HeldOut) -> VerifyResult:
     """Loss of both models, their paired difference and the largest logit difference (needs init_distributed)."""
-    first = _checkpoint_pass(Path(source), held_out.tokens)
-    second = _checkpoint_pass(Path(output), held_out.tokens)
+    first = checkpoint_pass(Path(source), held_out.tokens)
+    second = checkpoint_pass(Path(output), held_out.tokens)
     difference = paired_difference(first.losses, second.losses)
     return VerifyResult(
         held_out=held_out.description,
