@@ -16,6 +16,7 @@ from grow_cli.checkpoint.metadata import read_info
 from grow_cli.checkpoint.rundir import resolve_checkpoint
 from grow_cli.checkpoint.tensors import CheckpointReader
 from grow_cli.errors import GrowError
+from grow_cli.expansion.cli import DEFAULT_VERIFY_TOKENS
 from grow_cli.expansion.depth import depth_map
 from grow_cli.expansion.engine import expand_checkpoint
 from grow_cli.expansion.gqa import head_maps
@@ -274,8 +275,12 @@ def test_cli_verify_reports_exactness(work, tmp_path):
     check = summary["verify"]
     assert check["max_abs_dlogit"] <= 1e-4 * check["max_abs_logit"]
     assert check["loss_source"] == pytest.approx(check["loss_target"], abs=1e-5)
+    assert check["delta_loss"] == pytest.approx(0.0, abs=1e-5) and check["delta_loss_stderr"] <= 1e-5
+    assert check["tokens_requested"] == DEFAULT_VERIFY_TOKENS and check["sequences"] * check["seq_len"] == check["tokens"]
+    assert (check["shortfall"] is None) == (check["tokens"] >= DEFAULT_VERIFY_TOKENS)
     if Path(__import__("os").environ["GROW_ASSETS"], ".installed").exists():
-        assert "shipped corpus" in check["tokens"]
+        assert "shipped corpus" in check["held_out"]
+        assert 50_000 < check["tokens"] < 52_400 and "fewer than" in check["shortfall"]  # the shipped text holds 52,399 GPT-2 tokens
     assert summary["exact"] and any("optimizer state is not carried" in n for n in summary["notes"])
 
 

@@ -18,6 +18,12 @@ from grow_cli.runtime import env
 from grow_cli.units import format_bytes
 
 
+# Held-out tokens `--verify` evaluates: the smallest count whose loss jump (AKI + stack) was within
+# 0.005 nats of the whole validation split's and had a standard error under 0.005
+# (bench/verify_tokens.py, docs/benchmarks.md: 32K tokens missed by 0.011, 64K by 0.0003).
+DEFAULT_VERIFY_TOKENS = 65536
+
+
 class Width(str, Enum):
     aki = "aki"
     fpi = "fpi"
@@ -44,7 +50,8 @@ def expand_command(
     depth: Depth = typer.Option(Depth.stack, "--depth", help="stack: bert2BERT stacking; identity: new layers with zero output projections (exact)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the index maps and noise: same seed, same bytes."),
     noise: float = typer.Option(0.0, "--noise", help="Zero-sum noise on duplicated units' reader columns (relative to the weights' RMS); keeps the function, breaks symmetry. fpi/iso only."),
-    verify: bool = typer.Option(False, "--verify", help="Run both models on a held-out batch; print losses and max |delta logit|."),
+    verify: bool = typer.Option(False, "--verify", help="Run both models on held-out tokens; print both losses, their difference with its standard error, and max |delta logit|."),
+    verify_tokens: Optional[int] = typer.Option(None, "--verify-tokens", help=f"Held-out tokens --verify evaluates, in micro-batches (default {DEFAULT_VERIFY_TOKENS:,}: the smallest count that measured AKI's loss jump to within 0.005 nats, docs/benchmarks.md); fewer are used, and said, when the text holds fewer."),
     data: Optional[str] = typer.Option(None, "--data", help="Prepared data prefix whose validation split --verify uses (default: the shipped corpus)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the tensor mapping and the bytes to read/write; write nothing."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
@@ -71,6 +78,10 @@ def expand_command(
     )
     if data is not None and not verify:
         raise GrowError("--data only selects the --verify batch; add --verify or drop --data")
+    if verify_tokens is not None and not verify:
+        raise GrowError("--verify-tokens only sizes the --verify batch; add --verify or drop --verify-tokens")
+    if verify_tokens is not None and verify_tokens < 1:
+        raise GrowError(f"--verify-tokens must be at least 1 (got {verify_tokens})")
     if dry_run:
         _dry_run(source, out, request, options, force, as_json, vocab)
         return
@@ -80,7 +91,7 @@ def expand_command(
 
     _, info = open_source(source, vocab=vocab)
     target, label = resolve_target(info.shape, request, info.stage)
-    _run(source, out, target, label, str(plan) if plan else None, options, force, verify, data, as_json, vocab)
+    _run(source, out, target, label, str(plan) if plan else None, options, force, verify, data, verify_tokens or DEFAULT_VERIFY_TOKENS, as_json, vocab)
 
 
 def _dry_run(source: Path, out: Optional[Path], request, options, force: bool, as_json: bool, vocab: Optional[int]) -> None:
@@ -134,7 +145,7 @@ def _dry_run(source: Path, out: Optional[Path], request, options, force: bool, a
     )
 
 
-def _run(source, out, target, label, plan_path, options, force, verify, data, as_json, vocab) -> None:
+def _run(source, out, target, label, plan_path, options, force, verify, data, verify_tokens, as_json, vocab) -> None:
     import torch
 
     from grow_cli.expansion.engine import expand_checkpoint
@@ -151,7 +162,7 @@ def _run(source, out, target, label, plan_path, options, force, verify, data, as
             from grow_cli.expansion.verify import held_out_tokens, verify_expansion
 
             seq_len = min(target.seq_len, 256)
-            check = verify_expansion(source, out, held_out_tokens(result.source.shape, data, sequences=4, seq_len=seq_len, seed=options.seed))
+            check = verify_expansion(source, out, held_out_tokens(result.source.shape, data, verify_tokens, seq_len=seq_len, seed=options.seed))
     finally:
         if distributed or verify:
             shutdown()
@@ -196,11 +207,7 @@ def _report(result, check, as_json: bool) -> None:
         "megatron_lm": megatron,
     }
     if check is not None:
-        summary["verify"] = {
-            "tokens": check.tokens, "sequences": check.sequences, "seq_len": check.seq_len,
-            "loss_source": check.loss_source, "loss_target": check.loss_target,
-            "max_abs_dlogit": check.max_abs_dlogit, "max_abs_logit": check.max_abs_logit,
-        }
+        summary["verify"] = check.to_json()
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
@@ -221,10 +228,14 @@ def _report(result, check, as_json: bool) -> None:
                   f"on {result.ranks} rank(s), {result.seconds:.1f} s")
     table.add_row("lineage", f"iteration 0, stage {result.target.stage}, id {result.target.checkpoint_id[:12]}")
     if check is not None:
-        table.add_row("verify", f"{check.sequences}x{check.seq_len} tokens from {check.tokens}")
-        table.add_row("loss", f"source {check.loss_source:.4f} -> expanded {check.loss_target:.4f}")
+        stderr = "n/a (one sequence)" if check.delta_loss_stderr is None else f"{check.delta_loss_stderr:.4f}"
+        table.add_row("verify", f"{check.tokens:,} tokens ({check.sequences}x{check.seq_len}) from {check.held_out}")
+        if check.shortfall:
+            table.add_row("verify tokens", check.shortfall)
+        table.add_row("loss", f"source {check.loss_source:.4f} -> expanded {check.loss_target:.4f}: "
+                      f"delta {check.delta_loss:+.4f} (standard error {stderr})")
         table.add_row("max |dlogit|", f"{check.max_abs_dlogit:.3g} (max |logit| {check.max_abs_logit:.3g}, "
-                      f"relative {check.relative_dlogit:.2g})")
+                      f"relative {check.relative_dlogit:.2g}; first {check.dlogit_tokens:,} tokens)")
     table.add_row("Megatron-LM", f"pretrain_gpt.py --load {megatron['load']} (all flags: grow megatron-args {result.output})"
                   if megatron["load"] else "; ".join(megatron["notes"]))
     console = stdout_console()
