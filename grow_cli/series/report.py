@@ -22,6 +22,14 @@ from grow_cli.series.steps import SCRATCH, TRAINING, SeriesLayout, Step
 from grow_cli.shape import PARAMS_DEFINITION
 
 GROWTH = "growth"
+SERIES_MD, SERIES_JSON = "series.md", "series.json"
+
+
+def report_files() -> tuple[str, ...]:
+    """Every file of DIR/report/, the markdown first (what the summary and the CLI list)."""
+    from grow_cli.series.plots import PLOT_FILES
+
+    return (SERIES_MD, SERIES_JSON, *PLOT_FILES)
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,7 @@ def to_markdown(rows: list[Member], costs: dict, verdict: str) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "FLOPs: Megatron-LM convention (output layer included), as each run's metrics.jsonl counts them; "
               f"parameters: non-embedding, {PARAMS_DEFINITION}.",
+              "", f"Files: {', '.join(report_files()[1:])}.",
               "", f"Wall time of the steps {costs['wall_s']:.0f} s, of which training steps {costs['train_s']:.0f} s "
               f"(overhead: start-ups, expansion, evaluation, checkpoints: "
               f"{_fmt(None if costs['overhead_fraction'] is None else 100 * costs['overhead_fraction'], '.1f')}%).", ""]
@@ -142,8 +151,8 @@ def write_report(steps: list[Step], plan: Plan, layout: SeriesLayout, state: Ser
     record = {"verdict": summary, "members": [asdict(r) for r in rows], "cost": costs,
               "flops_convention": "megatron", "params_definition": f"non-embedding, {PARAMS_DEFINITION}"}
     with atomic_directory(layout.report, force=True, what="report directory") as directory:
-        (directory / "series.md").write_text(to_markdown(rows, costs, summary))
-        (directory / "series.json").write_text(json.dumps(record, indent=2))
+        (directory / SERIES_MD).write_text(to_markdown(rows, costs, summary))
+        (directory / SERIES_JSON).write_text(json.dumps(record, indent=2))
         from grow_cli.series.plots import write_series_plots
 
         write_series_plots(steps, rows, directory)
