@@ -252,8 +252,8 @@ def main() -> None:
         return
 
     source_shape, target_shape = _shapes(args)
-    src_bytes = source_shape.param_counts(source_shape.padded_vocab()).total * 2
-    dst_bytes = target_shape.param_counts(target_shape.padded_vocab()).total * 2
+    src_bytes = source_shape.padded().param_counts().total * 2
+    dst_bytes = target_shape.padded().param_counts().total * 2
     work = Path(args.workdir)
     if work.exists():
         shutil.rmtree(work)

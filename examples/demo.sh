@@ -72,4 +72,4 @@ if len(gaps) > 1:
     print(f"spread of the difference between seeds: {max(gaps) - min(gaps):.4f}")
 EOF
 echo
-echo "Reports: $WORK/series-seed*/report/series.md (series.json, loss_vs_flops.png, compute.png); logs: $WORK/series-seed*/logs/"
+echo "Reports: $WORK/series-seed*/report/series.md (series.json, loss_vs_flops.png, compute.png, lineage.png); logs: $WORK/series-seed*/logs/"

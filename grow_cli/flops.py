@@ -82,7 +82,7 @@ def flops_per_token(convention: str, shape: ModelShape, nominal_params: float, t
     if convention == "reference":
         return 6.0 * nominal_params
     if convention == "6nd-total":
-        return 6.0 * shape.param_counts(shape.padded_vocab(tp)).total
+        return 6.0 * shape.padded(tp).param_counts().total
     if convention == "megatron":
         return megatron_flops_per_token(shape, tp)
     # palm

@@ -21,6 +21,10 @@ DEFAULT_SEQ_LEN = 1024
 # same rows at TP 1, 2, 4 and 8, so a checkpoint changes layout without changing its function.
 VOCAB_PAD_MULTIPLE = 128
 VOCAB_PAD_TP = 8
+# The one definition of a parameter count, named wherever one is printed (plan, expand, eval,
+# series tables and files): sizes are the model's function, so the TP padding (zero rows that
+# change with the layout, `ModelShape.padded`) is not part of them.
+PARAMS_DEFINITION = "counted on the tokenizer's vocabulary, without the TP padding rows"
 
 
 @dataclass(frozen=True)
@@ -93,11 +97,14 @@ class ModelShape:
         mlp = 3 * h * self.ffn
         return attention + mlp + 2 * h
 
-    def param_counts(self, vocab: int | None = None) -> ParamCounts:
-        """Counts with the given vocabulary size (the TP-padded one to match a built model)."""
-        v = self.vocab if vocab is None else vocab
+    def param_counts(self) -> ParamCounts:
+        """The model's parameters on the tokenizer's vocabulary (`PARAMS_DEFINITION`).
+
+        What needs the built model's tensors (memory, the `6nd-total` FLOPs) counts
+        `self.padded(tp).param_counts()` instead, so the padding is visible where it is used.
+        """
         nonembedding = self.layers * self.layer_params() + self.hidden  # + final norm
-        embedding = v * self.hidden * (1 if self.tied_embeddings else 2)
+        embedding = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
         return ParamCounts(total=nonembedding + embedding, nonembedding=nonembedding, embedding=embedding)
 
     def padded_vocab(self, tp: int = 1) -> int:
@@ -105,6 +112,11 @@ class ModelShape:
         (50257 -> 51200), a multiple of 128 x lcm(8, tp) for other TPs."""
         multiple = VOCAB_PAD_MULTIPLE * math.lcm(VOCAB_PAD_TP, tp)
         return int(math.ceil(self.vocab / multiple) * multiple)
+
+    def padded(self, tp: int = 1) -> ModelShape:
+        """This shape with the embedding rows Megatron builds at TP=`tp` as its vocabulary: its
+        counts are the built model's tensors (zero rows included), not the model's size."""
+        return replace(self, vocab=self.padded_vocab(tp))
 
     # ---- parallel layout ----------------------------------------------------------------
     def layout_problems(self, tp: int = 1, pp: int = 1) -> list[str]:

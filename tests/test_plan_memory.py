@@ -40,7 +40,7 @@ def test_params_per_gpu_match_sharded_megatron_models():
 def test_params_per_gpu_add_up_to_the_model():
     for shape in (PRESETS["1B"], *SHAPES):
         vocab = shape.padded_vocab(1)
-        total = shape.param_counts(vocab).total
+        total = shape.padded(1).param_counts().total
         tied_copy = vocab * shape.hidden if shape.tied_embeddings else 0  # PP>1 keeps a second copy
         pp = params_per_gpu(shape, 1, 2)
         assert pp.first + pp.last == total + tied_copy
@@ -51,7 +51,7 @@ def test_params_per_gpu_add_up_to_the_model():
 def test_8b_memory_by_hand():
     shape = PRESETS["8B"]
     h, s, layers, vocab = 4096, 1024, 33, 51200  # 50257 padded to 128 x 8
-    params = shape.param_counts(vocab).total
+    params = shape.param_counts().nonembedding + 2 * vocab * h  # the built model: padded rows, untied
     activations = layers * 34 * s * h + 4 * s * vocab
     single = estimate_memory(shape, Layout(), micro_batch=1, global_batch=512)
     assert single.params == params

@@ -107,6 +107,45 @@ def test_quick_series_checkpoints_lineage_data_and_report(work, finished):
     log = (finished / "logs" / f"pretrain-{large.name}.log").read_text()
     assert f"completed at iteration {large.train_iters}/{large.train_iters}" in log
     assert "perplexity" in (finished / "logs" / "eval.log").read_text()
+    assert "lineage.png" in markdown and (finished / "report" / "lineage.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _member(name: str, method: str, params: int, loss: float | None):
+    from grow_cli.series.report import Member
+
+    return Member(name=name, method=method, checkpoint=f"/runs/{name}/{method}", params=params, params_total=params * 3,
+                  tokens=1000, tokens_total=2000, tokens_planned=1000.0, flops=1e12, flops_total=2e12,
+                  device_hours=0.1, device_hours_total=0.2, device="cpu", valid_loss=loss, valid_ppl=None)
+
+
+def test_lineage_plot_has_one_node_per_member(tmp_path):
+    from grow_cli.series.plots import lineage_layout, plot_lineage
+
+    rows = [_member("1M", "growth", 10**6, 5.0), _member("2M", "growth", 2 * 10**6, 4.5),
+            _member("4M", "growth", 4 * 10**6, None), _member("2M", "scratch", 2 * 10**6, 4.7),
+            _member("4M", "scratch", 4 * 10**6, 4.4), _member("8M", "scratch", 8 * 10**6, 4.2)]
+    layout = lineage_layout(rows)
+    assert sorted(layout.positions) == sorted((r.name, r.method) for r in rows)  # one node per member
+    assert [layout.positions[(n, "growth")] for n in ("1M", "2M", "4M")] == [(0.0, 0.0), (1.0, 0.0), (2.0, 0.0)]
+    # each scratch baseline below the growth stage of its size; a size never grown gets its own column
+    assert [layout.positions[(n, "scratch")] for n in ("2M", "4M", "8M")] == [(1.0, -1.0), (2.0, -1.0), (3.0, -1.0)]
+    assert layout.arrows == [(("1M", "growth"), ("2M", "growth")), (("2M", "growth"), ("4M", "growth"))]  # none into scratch
+    operators = {"2M": "width aki + depth stack", "4M": "width aki + depth stack"}
+    path = plot_lineage(rows, operators, tmp_path / "lineage.png")
+    assert path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_expansion_operators_come_from_the_expand_steps(tmp_path):
+    from grow_cli.planning.planfile import PlanRequest
+    from grow_cli.planning.planner import build_plan
+    from grow_cli.series.options import SeriesOptions
+    from grow_cli.series.plots import expansion_operators
+    from grow_cli.series.steps import SeriesLayout, series_steps
+
+    plan = build_plan(PlanRequest(sizes=("1B", "2B", "4B"), tokens_per_param=20.0))
+    options = SeriesOptions(data="data/shk", out=str(tmp_path), width="fpi", depth="identity", with_scratch=True)
+    steps = series_steps(plan, "plan.yaml", options, SeriesLayout(tmp_path))
+    assert expansion_operators(steps) == {"2B": "width fpi + depth identity", "4B": "width fpi + depth identity"}
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ def test_param_counts_match_megatron_gpt_model(megatron_runtime, key):
     shape = TINY_SHAPES[key]
     model = build_gpt_model(shape, Layout(), attention="local")
     vocab = shape.padded_vocab(1)
-    counts = shape.param_counts(vocab)
+    counts = shape.padded(1).param_counts()  # the built model's tensors, padding rows included
     params = dict(model.named_parameters())
     assert sum(p.numel() for p in params.values()) == counts.total
     embedding = sum(p.numel() for name, p in params.items() if "word_embeddings" in name or "output_layer" in name)
@@ -39,6 +39,11 @@ def test_param_counts_match_megatron_gpt_model(megatron_runtime, key):
     per_layer = sum(p.numel() for name, p in params.items() if ".layers.0." in name)
     assert per_layer == shape.layer_params()
     assert vocab % 1024 == 0 and vocab - 1024 < shape.vocab <= vocab  # padded to 128 x 8
+    # the model's size leaves the padding rows out: one row per token of the tokenizer
+    size = shape.param_counts()
+    assert size.nonembedding == counts.nonembedding
+    assert size.embedding == shape.vocab * shape.hidden * (1 if shape.tied_embeddings else 2)
+    assert counts.total - size.total == (vocab - shape.vocab) * shape.hidden * (1 if shape.tied_embeddings else 2)
 
 
 def test_preset_counts_match_the_spec_table():

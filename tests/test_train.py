@@ -308,6 +308,29 @@ def test_metrics_truncation_and_throughput(tmp_path):
     assert t.mfu == pytest.approx(4096 * 3e9 / 8 / 989e12)
 
 
+def test_metrics_reader_tolerates_a_cut_line_and_keeps_order(tmp_path):
+    from grow_cli.checkpoint.rundir import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    assert read_metrics(path) == []  # not written yet
+    records = [{"kind": "run", "iteration": 0}, *({"kind": "train", "iteration": i, "loss": 10.0 - i / 8} for i in range(1, 40)),
+               {"kind": "valid", "iteration": 39, "loss": 5.5}]
+    cut = '{"kind": "train", "itera'  # the last line of a killed job
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + cut)
+    assert read_metrics(path) == records
+    assert read_metrics(path, "valid") == records[-1:]
+    assert read_metrics(path, "train") == [r for r in records if r["kind"] == "train"]
+    # a read of the last 300 bytes starts inside a line: it is skipped, the whole lines after it are kept
+    room, expected = 300 - len(cut), []
+    for record in reversed(records):
+        room -= len(json.dumps(record)) + 1
+        if room < 0:
+            break
+        expected.insert(0, record)
+    assert 2 < len(expected) < len(records)
+    assert read_metrics(path, tail_bytes=300) == expected
+
+
 def test_slurm_script_and_its_command_round_trip(data, tmp_path):
     import typer
 

@@ -232,3 +232,28 @@ def read_summary(run_dir: Path) -> dict | None:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def read_metrics(path: Path, kind: str | None = None, tail_bytes: int | None = None) -> list[dict]:
+    """The records of a `metrics.jsonl` (all, or those of `kind`: "run", "train", "valid"), in order.
+
+    A line that does not parse is skipped rather than fatal: a killed job leaves its last line cut
+    short, and a read of only the last `tail_bytes` (cheap progress on a long run) starts inside a
+    line. A file not written yet has no records.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open("rb") as handle:
+        if tail_bytes is not None:
+            handle.seek(max(0, path.stat().st_size - tail_bytes))
+        text = handle.read().decode(errors="replace")
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and (kind is None or record.get("kind") == kind):
+            records.append(record)
+    return records

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from grow_cli.evaluation.runner import ModelReport
 from grow_cli.evaluation.tasks import TASKS
+from grow_cli.shape import PARAMS_DEFINITION
+from grow_cli.units import format_count
 
 _METHOD_ORDER = {"scratch": 0, "imported": 1, "growth": 2}
 
@@ -42,13 +44,13 @@ def ordered(reports: list[ModelReport]) -> list[ModelReport]:
 
 
 def series_table(reports: list[ModelReport]) -> Table:
-    """One row per checkpoint: size, method, validation metrics, C_model, task headlines."""
+    """One row per checkpoint: size, method, parameters, validation metrics, C_model, task headlines."""
     reports = ordered(reports)
     task_names = [name for name in TASKS if any(name in r.tasks for r in reports)]
     has_ppl = any(r.perplexity for r in reports)
     has_geometry = any(r.geometry for r in reports)
     has_cost = any(r.cost for r in reports)
-    columns = ["size", "method", "iter"] + (["train FLOPs"] if has_cost else [])
+    columns = ["size", "method", "iter", "non-emb. params"] + (["train FLOPs"] if has_cost else [])
     if has_ppl:
         columns += ["Valid loss", "Valid PPL", "bits/byte"]
     if has_geometry:
@@ -56,7 +58,7 @@ def series_table(reports: list[ModelReport]) -> Table:
     columns += [TASKS[name].label for name in task_names]
     rows = []
     for report in reports:
-        row = [report.name, report.method, str(report.info.iteration)]
+        row = [report.name, report.method, str(report.info.iteration), format_count(report.info.shape.param_counts().nonembedding)]
         if has_cost:
             row.append(_fmt(report.cost and report.cost.total, 3))
         if has_ppl:
@@ -75,7 +77,7 @@ def series_table(reports: list[ModelReport]) -> Table:
             else:
                 row.append(_pct(result.headline))
         rows.append(row)
-    return Table(title="grow eval: series", columns=columns, rows=rows)
+    return Table(title=f"grow eval: series (params {PARAMS_DEFINITION})", columns=columns, rows=rows)
 
 
 def layer_table(report: ModelReport) -> Table | None:

@@ -24,6 +24,7 @@ from grow_cli.evaluation.perplexity import PerplexityMeter, PerplexityResult
 from grow_cli.evaluation.series import RunCost
 from grow_cli.evaluation.tasks import LAMBADA, TaskResult, TaskSpec
 from grow_cli.evaluation.text import EvalText, token_byte_lengths
+from grow_cli.shape import PARAMS_DEFINITION
 
 # progress(label, total) -> advance(n)
 Progress = Callable[[str, int], Callable[[int], None]]
@@ -76,6 +77,7 @@ class ModelReport:
             "consumed_samples": self.info.consumed_samples,
             "params_nonembedding": shape.param_counts().nonembedding,
             "params_total": shape.param_counts().total,
+            "params_definition": PARAMS_DEFINITION,
             "layers": shape.layers,
             "seconds": round(self.seconds, 2),
         }

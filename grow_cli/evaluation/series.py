@@ -11,12 +11,11 @@ method's "loss vs FLOPs" figure).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from grow_cli.checkpoint.metadata import CheckpointInfo
-from grow_cli.checkpoint.rundir import METRICS_FILE, latest_checkpoint, run_directory
+from grow_cli.checkpoint.rundir import METRICS_FILE, latest_checkpoint, read_metrics, run_directory
 from grow_cli.errors import GrowError
 
 
@@ -32,26 +31,14 @@ class RunCost:
         return self.own_flops + self.inherited_flops
 
 
-def read_records(run: Path, kind: str) -> list[dict]:
-    """The `kind` records ("train", "valid") of a run's metrics.jsonl, in order."""
-    records = []
-    for line in (run / METRICS_FILE).read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:  # a line cut short by a killed job
-            continue
-        if record.get("kind") == kind:
-            records.append(record)
-    return records
-
-
 def flops_at(run: Path, iteration: int) -> float | None:
     """The run's cumulative FLOPs at `iteration` (from the last record at or before it)."""
     best = None
-    for kind in ("train", "valid"):
-        for record in read_records(run, kind):
-            if record.get("iteration", -1) <= iteration and (best is None or record["iteration"] >= best["iteration"]):
-                best = record
+    for record in read_metrics(run / METRICS_FILE):
+        if record.get("kind") not in ("train", "valid") or record.get("iteration", -1) > iteration:
+            continue
+        if best is None or record["iteration"] >= best["iteration"]:
+            best = record
     return None if best is None else float(best["flops"])
 
 
@@ -78,7 +65,7 @@ def training_cost(checkpoint: Path, info: CheckpointInfo) -> RunCost | None:
 def valid_curve(checkpoint: Path, cost: RunCost) -> tuple[list[float], list[float]]:
     """(cumulative FLOPs, validation loss) of the run that produced `checkpoint`, up to it."""
     run = run_directory(checkpoint)
-    points = [(cost.inherited_flops + float(r["flops"]), float(r["loss"])) for r in read_records(run, "valid")]
+    points = [(cost.inherited_flops + float(r["flops"]), float(r["loss"])) for r in read_metrics(run / METRICS_FILE, "valid")]
     limit = cost.total
     points = [p for p in points if p[0] <= limit * (1 + 1e-9)]
     return [p[0] for p in points], [p[1] for p in points]

@@ -186,6 +186,7 @@ def _expand_with_progress(expand_checkpoint, source, out, target, label, plan_pa
 
 def _report(result, check, as_json: bool) -> None:
     from grow_cli.interop.megatron import megatron_launch
+    from grow_cli.shape import PARAMS_DEFINITION
 
     src, dst = result.source.shape, result.target.shape
     try:
@@ -198,6 +199,7 @@ def _report(result, check, as_json: bool) -> None:
         "target_shape": dst.to_dict(),
         "params_source": src.param_counts().total,
         "params_target": dst.param_counts().total,
+        "params_definition": PARAMS_DEFINITION,
         "width": result.options.width, "depth": result.options.depth,
         "seed": result.options.seed, "noise": result.options.noise, "exact": result.options.exact,
         "checkpoint_id": result.target.checkpoint_id, "stage": result.target.stage,
@@ -221,6 +223,7 @@ def _report(result, check, as_json: bool) -> None:
     table.add_column()
     table.add_row("source", f"{src.describe()}, {format_count(summary['params_source'])} params")
     table.add_row("target", f"{dst.describe()}, {format_count(summary['params_target'])} params")
+    table.add_row("params", f"all of them, {PARAMS_DEFINITION}")
     table.add_row("method", f"width {result.options.width}, depth {result.options.depth}, seed {result.options.seed}"
                   + (f", noise {result.options.noise:g}" if result.options.noise else "")
                   + (" (exactly function-preserving)" if result.options.exact else ""))

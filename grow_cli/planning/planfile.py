@@ -17,7 +17,7 @@ from grow_cli.layout import Layout
 from grow_cli.planning.hardware import PLANNED_MFU
 from grow_cli.planning.lr import ScheduleRule
 from grow_cli.planning.schema import check_record
-from grow_cli.shape import DEFAULT_SEQ_LEN, GPT2_VOCAB, ModelShape
+from grow_cli.shape import DEFAULT_SEQ_LEN, GPT2_VOCAB, PARAMS_DEFINITION, ModelShape
 
 SCHEMA_VERSION = 1
 
@@ -94,7 +94,7 @@ class StagePlan:
     name: str  # "1B"
     nominal_params: float  # what the name says; the reference FLOP accounting uses it
     shape: ModelShape
-    params_total: int
+    params_total: int  # `shape.param_counts()`: PARAMS_DEFINITION (files before it counted the TP padding)
     params_nonembedding: int
     tokens_scratch: float
     tokens_incremental: float
@@ -192,12 +192,14 @@ def iterations_for(tokens: float, global_batch: int, seq_len: int) -> int:
 
 
 def save_plan(plan: Plan, path: str | Path) -> None:
-    """Write the plan as YAML, atomically (temporary name, then rename)."""
+    """Write the plan as YAML, atomically (temporary name, then rename), under a comment naming
+    the parameter count it stores (a reader of the file sees which count, not just a number)."""
     import yaml
 
     from grow_cli.checkpoint.atomic import write_text_atomic
 
-    write_text_atomic(path, yaml.safe_dump(plan.to_dict(), sort_keys=False))
+    header = f"# params_total, params_nonembedding: {PARAMS_DEFINITION}\n"
+    write_text_atomic(path, header + yaml.safe_dump(plan.to_dict(), sort_keys=False))
 
 
 def load_plan(path: str | Path) -> Plan:

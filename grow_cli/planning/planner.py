@@ -71,7 +71,7 @@ def build_plan(request: PlanRequest) -> Plan:
 
     stages, hours_scratch = [], []
     for i, (member, budget, hyper) in enumerate(zip(members, budgets, chosen)):
-        counts = member.shape.param_counts(member.shape.padded_vocab(layout.tp))
+        counts = member.shape.param_counts()
         lr, global_batch = hyper.lr, hyper.global_batch
         iters = iterations_for(budget.tokens_incremental, global_batch, member.shape.seq_len)
         hardware_flops_per_token = megatron_flops_per_token(member.shape, layout.tp)

@@ -20,7 +20,7 @@ from grow_cli.planning.hyperparams import HyperparamRule
 from grow_cli.planning.memory import smallest_fitting_layout
 from grow_cli.layout import Layout
 from grow_cli.planning.planfile import Plan, StagePlan
-from grow_cli.shape import TP_FRIENDLY
+from grow_cli.shape import PARAMS_DEFINITION, TP_FRIENDLY
 from grow_cli.units import format_count
 
 _FLOP_UNITS = (("Z", 1e21), ("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9))
@@ -29,7 +29,8 @@ NONEMBEDDING_LABEL = "non-emb.\nparams"
 TOTAL_LABEL = "total\nparams"
 PARAMS_NOTE = (
     "non-emb. params: without the embedding and output layers (what a stage's name states); "
-    "total params: all of them, the count published model sizes such as Llama-3-8B's quote"
+    "total params: all of them, the count published model sizes such as Llama-3-8B's quote; "
+    f"both {PARAMS_DEFINITION} (memory counts the padded tensors)"
 )
 
 CONVENTION_TITLES = {

@@ -121,7 +121,10 @@ def _series(plan_arg: PlanArgument, options: SeriesOptions, launch: LaunchOption
         typer.echo(json.dumps({"state": state.to_json()["steps"], "report": report}, indent=2))
     else:
         typer.echo(report["verdict"])
-        typer.echo(f"report: {layout.report / 'series.md'} (and series.json, loss_vs_flops.png, compute.png)")
+        from grow_cli.series.report import report_files
+
+        first, *others = report_files()
+        typer.echo(f"report: {layout.report / first} (and {', '.join(others)})")
 
 
 def _print_dry_run(steps, layout, launch: LaunchOptions) -> None:

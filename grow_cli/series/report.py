@@ -19,8 +19,17 @@ from grow_cli.checkpoint.rundir import SUMMARY_FILE
 from grow_cli.planning.planfile import Plan
 from grow_cli.series.state import SeriesState
 from grow_cli.series.steps import SCRATCH, TRAINING, SeriesLayout, Step
+from grow_cli.shape import PARAMS_DEFINITION
 
 GROWTH = "growth"
+SERIES_MD, SERIES_JSON = "series.md", "series.json"
+
+
+def report_files() -> tuple[str, ...]:
+    """Every file of DIR/report/, the markdown first (what the summary and the CLI list)."""
+    from grow_cli.series.plots import PLOT_FILES
+
+    return (SERIES_MD, SERIES_JSON, *PLOT_FILES)
 
 
 @dataclass(frozen=True)
@@ -28,7 +37,7 @@ class Member:
     name: str
     method: str  # growth | scratch
     checkpoint: str
-    params: int  # non-embedding, unpadded vocabulary
+    params: int  # non-embedding, PARAMS_DEFINITION
     params_total: int
     tokens: int  # this member's own run
     tokens_total: int  # with its ancestors' runs
@@ -111,7 +120,8 @@ def to_markdown(rows: list[Member], costs: dict, verdict: str) -> str:
                  _fmt(r.valid_loss, ".4f"), _fmt(r.valid_ppl, ".2f"), *(_fmt(r.tasks.get(t), ".3f") for t in tasks)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "FLOPs: Megatron-LM convention (output layer included), as each run's metrics.jsonl counts them; "
-              "parameters: non-embedding, unpadded vocabulary.",
+              f"parameters: non-embedding, {PARAMS_DEFINITION}.",
+              "", f"Files: {', '.join(report_files()[1:])}.",
               "", f"Wall time of the steps {costs['wall_s']:.0f} s, of which training steps {costs['train_s']:.0f} s "
               f"(overhead: start-ups, expansion, evaluation, checkpoints: "
               f"{_fmt(None if costs['overhead_fraction'] is None else 100 * costs['overhead_fraction'], '.1f')}%).", ""]
@@ -139,10 +149,10 @@ def write_report(steps: list[Step], plan: Plan, layout: SeriesLayout, state: Ser
     costs = overhead(state, steps)
     summary = verdict(rows)
     record = {"verdict": summary, "members": [asdict(r) for r in rows], "cost": costs,
-              "flops_convention": "megatron", "params_definition": "non-embedding, unpadded vocabulary"}
+              "flops_convention": "megatron", "params_definition": f"non-embedding, {PARAMS_DEFINITION}"}
     with atomic_directory(layout.report, force=True, what="report directory") as directory:
-        (directory / "series.md").write_text(to_markdown(rows, costs, summary))
-        (directory / "series.json").write_text(json.dumps(record, indent=2))
+        (directory / SERIES_MD).write_text(to_markdown(rows, costs, summary))
+        (directory / SERIES_JSON).write_text(json.dumps(record, indent=2))
         from grow_cli.series.plots import write_series_plots
 
         write_series_plots(steps, rows, directory)

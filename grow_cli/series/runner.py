@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from grow_cli.checkpoint.rundir import METRICS_FILE
+from grow_cli.checkpoint.rundir import METRICS_FILE, read_metrics
 from grow_cli.errors import GrowError
 from grow_cli.planning.planfile import Plan
 from grow_cli.series.checks import step_done
@@ -51,20 +51,11 @@ class Progress:
 
 def run_progress(run: Path) -> Progress:
     """From the tail of the run's metrics.jsonl (cheap: the file is read from its end)."""
-    path = run / METRICS_FILE
-    if not path.is_file():
+    records = read_metrics(run / METRICS_FILE, "train", tail_bytes=16384)
+    if not records:
         return Progress()
-    with path.open("rb") as handle:
-        handle.seek(max(0, path.stat().st_size - 16384))
-        lines = handle.read().decode(errors="replace").splitlines()
-    for line in reversed(lines):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record.get("kind") == "train":
-            return Progress(record["iteration"], record["tokens"], record["loss"], record.get("eta_s"))
-    return Progress()
+    record = records[-1]
+    return Progress(record["iteration"], record["tokens"], record["loss"], record.get("eta_s"))
 
 
 def overview(steps: list[Step], state: SeriesState):

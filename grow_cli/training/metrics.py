@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from grow_cli.checkpoint.atomic import write_text_atomic
-from grow_cli.checkpoint.rundir import METRICS_FILE, TENSORBOARD_DIR
+from grow_cli.checkpoint.rundir import METRICS_FILE, TENSORBOARD_DIR, read_metrics
 from grow_cli.training.config import TrainConfig
 
 FLOPS_CONVENTION = "megatron"
@@ -151,15 +151,8 @@ def truncate_records(path: Path, iteration: int) -> None:
     """Keep the records up to `iteration` (a resume point); rewrite the file atomically."""
     if not path.is_file():
         return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:  # a line cut short by a killed job
-            continue
-        if record.get("kind") == "run" or record.get("iteration", 0) <= iteration:
-            kept.append(line)
-    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
+    kept = [r for r in read_metrics(path) if r.get("kind") == "run" or r.get("iteration", 0) <= iteration]
+    write_text_atomic(path, "".join(f"{json.dumps(record)}\n" for record in kept))
 
 
 def format_seconds(seconds: float) -> str:
