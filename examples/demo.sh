@@ -3,10 +3,10 @@
 #   train a 2K-token byte-level BPE -> prepare the data -> plan a 0.5M -> 1M -> 2M series
 #   (budgets equal in real FLOPs, Megatron convention, output layer included) -> `grow series`
 #   with the from-scratch baselines, twice (two seeds, so the noise is visible) -> the verdict.
-# Meant for about 15 minutes on two idle cores (measured: 40 minutes on a heavily loaded shared
-# machine, docs/benchmarks.md); `--quick` runs the same pipeline on a smaller corpus and
-# budget (CI). Re-running continues where a killed run stopped: `grow series` skips finished
-# steps and resumes an interrupted training from its last checkpoint.
+# Measured: 8 min 17 s on two idle cores (docs/benchmarks.md); `--quick` runs the same pipeline
+# on a smaller corpus and budget in about a minute (tests/test_demo.py, in CI). Re-running
+# continues where a killed run stopped: `grow series` skips finished steps and resumes an
+# interrupted training from its last checkpoint.
 #
 #   bash examples/demo.sh [--quick] [WORKDIR]          (make demo uses ./demo)
 set -euo pipefail
