@@ -230,3 +230,19 @@ def test_killed_mid_stage_and_rerun_equals_uninterrupted(work, finished, tmp_pat
     assert keys and sorted(mine.tensor_keys()) == sorted(reference.tensor_keys())
     for key in keys:
         assert torch.equal(mine.read(key), reference.read(key)), key
+
+
+def test_a_failing_step_is_one_line_and_recorded(work, tmp_path):
+    """A step that refuses to run (here: a plan at TP=2 launched as one process) fails the series
+    with the step's own one-line error, the state says so, and the step's log has the whole story."""
+    tp2 = tmp_path / "tp2.yaml"
+    _ok(run_grow(["plan", "--sizes", "100K,300K", "--seq-len", "32", "--tokens", "16K", "--global-batch", "8", "--tp", "2",
+                  "--micro-batch", "4", "--warmup-min", "2", "--data", str(work["data"]), "--out", str(tp2)]))
+    out = tmp_path / "series"
+    proc = run_grow(["series", str(tp2), "--data", str(work["data"]), "--out", str(out), *SERIES_FLAGS], timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert lines[0].startswith("error: step pretrain-100K failed (exit status 2): world size 1 is not divisible by TP x PP = 2 x 1"), lines[0]
+    state = json.loads((out / "series.json").read_text())["steps"]["pretrain-100K"]
+    assert state["state"] == "failed" and state["message"] == "exit status 2"
+    assert "error: world size 1" in (out / "logs" / "pretrain-100K.log").read_text()

@@ -161,8 +161,9 @@ class SeriesRunner:
 
 
 def _last_line(log: Path) -> str:
+    """The step's last words (its one-line error, without the `error:` the series adds again)."""
     lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "no output"
+    return lines[-1].strip().removeprefix("error: ") if lines else "no output"
 
 
 def _write_eval(path: Path, stdout: str) -> None:
