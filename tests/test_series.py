@@ -246,3 +246,16 @@ def test_a_failing_step_is_one_line_and_recorded(work, tmp_path):
     state = json.loads((out / "series.json").read_text())["steps"]["pretrain-100K"]
     assert state["state"] == "failed" and state["message"] == "exit status 2"
     assert "error: world size 1" in (out / "logs" / "pretrain-100K.log").read_text()
+
+
+def test_one_series_per_directory(work, tmp_path):
+    """While another job holds the series directory, a second `grow series` on it is refused in one
+    line naming the holder, and writes nothing."""
+    from grow_cli.checkpoint.lock import output_lock
+
+    out = tmp_path / "series"
+    with output_lock(out, "series directory"):
+        proc = series(work, out, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"series directory {out} is being written by grow job PID {os.getpid()}" in proc.stderr
+    assert not out.exists()

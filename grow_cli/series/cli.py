@@ -103,20 +103,13 @@ def _series(plan_arg: PlanArgument, options: SeriesOptions, launch: LaunchOption
     if launch.dry_run:
         _print_dry_run(steps, layout, launch)
         return
-    state = _prepare_directory(layout, identity, launch.force)
-    layout.root.mkdir(parents=True, exist_ok=True)
-    from grow_cli.series.state import save_state
+    from grow_cli.checkpoint.lock import output_lock
 
-    save_state(layout.state_file, state)
-    if launch.slurm:
-        _write_slurm(steps, plan, plan_path, options, launch, layout)
+    with output_lock(layout.root, "series directory"):  # one series per directory: series.json has one writer
+        finished = _run_series(steps, plan, plan_path, options, launch, layout, identity)
+    if finished is None:
         return
-    from grow_cli.console import pinned_stderr_console
-    from grow_cli.series.report import write_report
-    from grow_cli.series.runner import SeriesRunner
-
-    state = SeriesRunner(steps, plan, layout, state, launch.nproc_per_node, pinned_stderr_console(), launch.isolate).run()
-    report = write_report(steps, plan, layout, state)
+    state, report = finished
     if launch.as_json:
         typer.echo(json.dumps({"state": state.to_json()["steps"], "report": report}, indent=2))
     else:
@@ -125,6 +118,25 @@ def _series(plan_arg: PlanArgument, options: SeriesOptions, launch: LaunchOption
 
         first, *others = report_files()
         typer.echo(f"report: {layout.report / first} (and {', '.join(others)})")
+
+
+def _run_series(steps, plan, plan_path: str, options: SeriesOptions, launch: LaunchOptions, layout, identity: dict):
+    """Run the steps and write the report: (the final state, series.json's content); None when
+    --slurm only wrote (and maybe submitted) the chain."""
+    from grow_cli.series.state import save_state
+
+    state = _prepare_directory(layout, identity, launch.force)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    save_state(layout.state_file, state)
+    if launch.slurm:
+        _write_slurm(steps, plan, plan_path, options, launch, layout)
+        return None
+    from grow_cli.console import pinned_stderr_console
+    from grow_cli.series.report import write_report
+    from grow_cli.series.runner import SeriesRunner
+
+    state = SeriesRunner(steps, plan, layout, state, launch.nproc_per_node, pinned_stderr_console(), launch.isolate).run()
+    return state, write_report(steps, plan, layout, state)
 
 
 def _print_dry_run(steps, layout, launch: LaunchOptions) -> None:
