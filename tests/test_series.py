@@ -184,6 +184,13 @@ def test_slurm_chain_dependencies_and_a_changed_series_refused(work, tmp_path):
     refused = series(work, fresh, "--with-scratch", "--width", "fpi", "--slurm")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert 'options.width: "aki" -> "fpi"' in refused.stderr and "--force" in refused.stderr
+    other_plan = tmp_path / "other.yaml"  # the same sizes with a larger budget: another series
+    _ok(run_grow(["plan", "--sizes", "100K,300K", "--seq-len", "32", "--tokens", "24K", "--global-batch", "8",
+                  "--micro-batch", "4", "--warmup-min", "2", "--data", str(work["data"]), "--out", str(other_plan)]))
+    changed = run_grow(["series", str(other_plan), "--data", str(work["data"]), "--out", str(fresh), *SERIES_FLAGS,
+                        "--with-scratch", "--slurm"])
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr
+    assert re.search(r"plan\.\S+: \S+ -> \S+", changed.stderr) and "--force" in changed.stderr, changed.stderr
     dry = json.loads(_ok(series(work, tmp_path / "dry", "--dry-run", "--json")).stdout)["steps"]
     assert [step["name"] for step in dry] == ["pretrain-100K", "expand-300K", "pretrain-300K", "eval"]
     assert not (tmp_path / "dry").exists()  # a dry run writes nothing
