@@ -167,14 +167,15 @@ class RunInputs:
     corpus_tokens: float | None = None  # the plan's fixed corpus (`grow plan --fixed-data`)
 
 
-def _parent_data(init: str | None) -> DataConsumed | None:
+def _parent_data(init: str | None, tokenizer_vocab: int) -> DataConsumed | None:
     """What the --init checkpoint's lineage read; None without --init or when it does not exist
-    yet (a SLURM chain writes the job before its input: the job resolves again when it runs)."""
+    yet (a SLURM chain writes the job before its input: the job resolves again when it runs).
+    `tokenizer_vocab`: the vocabulary of a Megatron-LM --init whose args do not tell it."""
     if init is None or not Path(init).expanduser().exists():
         return None
     from grow_cli.checkpoint.metadata import read_info
 
-    return read_info(Path(init).expanduser()).data_consumed()
+    return read_info(Path(init).expanduser(), tokenizer_vocab=tokenizer_vocab).data_consumed()
 
 
 def load_inputs(options: PretrainOptions, here: bool = True) -> RunInputs:
@@ -184,7 +185,7 @@ def load_inputs(options: PretrainOptions, here: bool = True) -> RunInputs:
 
     data = read_data_info(options.data)
     extensions = Extensions.detect() if here else None
-    parent = _parent_data(options.init)
+    parent = _parent_data(options.init, options.vocab or data.vocab_size)
     if options.plan is None:
         if options.stage is not None:
             raise GrowError("--stage needs --plan PLAN")
@@ -214,19 +215,21 @@ def resolve_config(
     inputs = load_inputs(options, here)
     config = resolve(options, inputs, world_size=world_size, device=device)
     if config.init is not None:
-        check_init_checkpoint(config.init, config.shape, inputs.data)
+        check_init_checkpoint(config.init, config.shape, inputs.data, vocab=options.vocab)
     return config
 
 
-def check_init_checkpoint(path: str, shape: ModelShape, data=None) -> None:
+def check_init_checkpoint(path: str, shape: ModelShape, data=None, *, vocab: int | None = None) -> None:
     """--init must be a complete grow checkpoint of exactly this architecture (and trained with the
-    tokenizer of `data`, a DataInfo, when given)."""
+    tokenizer of `data`, a DataInfo, when given). A Megatron-LM checkpoint whose args do not tell
+    its vocabulary has `vocab` (--vocab), else the model's (--data's tokenizer): the one the
+    training processes read it with (`initial_info`, `load_model_weights`)."""
     from grow_cli.checkpoint.checks import check_architecture
     from grow_cli.checkpoint.metadata import read_info
     from grow_cli.checkpoint.tensors import validate_checkpoint
     from grow_cli.data.tokenizer_record import check_same_tokenizer
 
-    info = read_info(validate_checkpoint(path))
+    info = read_info(validate_checkpoint(path), tokenizer_vocab=vocab if vocab is not None else shape.vocab)
     if data is not None:
         check_same_tokenizer(data.tokenizer, info.tokenizer, f"data {data.prefix}", f"--init {path}")
     check_architecture(f"--init {path}", info.shape, shape)
