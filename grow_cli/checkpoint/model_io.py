@@ -70,24 +70,35 @@ def load_model_weights(model, path: str | Path, *, expect_shape=None, strict: bo
     """Load the weights at `path` into `model` (this rank's piece) and return the grow record.
 
     `expect_shape` (a ModelShape) guards against loading a checkpoint of another architecture
-    with a one-line error instead of megatron's shape mismatch traceback.
+    with a one-line error instead of megatron's shape mismatch traceback; its vocabulary is the
+    one a Megatron-LM checkpoint whose args do not tell it is read with (the caller resolved it
+    from the same tokenizer, see `check_init_checkpoint`).
     """
-    from megatron.core import dist_checkpointing
-
     path = validate_checkpoint(path)
-    info = read_info(path)
+    info = read_info(path, tokenizer_vocab=expect_shape.vocab if expect_shape is not None else None)
     if expect_shape is not None:
         check_architecture(f"checkpoint {path}", info.shape, expect_shape)
-    loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(path))
-    model.load_state_dict(loaded["model"], strict=strict)
+    _load_weights(model, path, strict)
     return info
 
 
-def model_from_checkpoint(path: str | Path, layout, *, dtype: torch.dtype = torch.float32, attention: str = "sdpa"):
-    """Build this rank's GPTModel piece for the checkpoint's own shape and load its weights."""
+def _load_weights(model, path: Path, strict: bool = True) -> None:
+    from megatron.core import dist_checkpointing
+
+    loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(path))
+    model.load_state_dict(loaded["model"], strict=strict)
+
+
+def model_from_checkpoint(
+    path: str | Path, layout, *, dtype: torch.dtype = torch.float32, attention: str = "sdpa",
+    tokenizer_vocab: int | None = None,
+):
+    """Build this rank's GPTModel piece for the checkpoint's own shape and load its weights
+    (`tokenizer_vocab`: the vocabulary of a Megatron-LM checkpoint whose args do not tell it)."""
     from grow_cli.runtime.model import build_gpt_model
 
-    info = read_info(validate_checkpoint(path))
+    path = validate_checkpoint(path)
+    info = read_info(path, tokenizer_vocab=tokenizer_vocab)
     model = build_gpt_model(info.shape, layout, dtype=dtype, attention=attention)
-    load_model_weights(model, path)
+    _load_weights(model, path)
     return model, info

@@ -77,8 +77,11 @@ def resolve_distill(
         from grow_cli.runtime.device import device_policy
 
         device = device_policy()
+    from grow_cli.data.info import read_data_info
+
     path = validate_checkpoint(options.checkpoint)
-    info = read_info(path)
+    # a Megatron-LM teacher whose args do not tell its vocabulary has the data's tokenizer's
+    info = read_info(path, tokenizer_vocab=read_data_info(run.data).vocab_size)
     shape = info.shape
     flags = replace(
         run,

@@ -25,7 +25,7 @@ DIRECTIONS = ("reverse", "forward")  # the kernel's names: reverse = KL(p_layer 
 DISTILL = "Distillation (spec §2)"
 
 MODEL_OPTIONS = ("plan", "stage", "size", "hidden", "ffn", "layers", "heads", "kv_groups", "head_dim", "seq_len",
-                 "init", "from_scratch")
+                 "init", "vocab", "from_scratch")
 
 RUN_OPTIONS = Narrowed(
     PretrainOptions,

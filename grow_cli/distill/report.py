@@ -72,7 +72,7 @@ def measure(config: TrainConfig, settings: DistillSettings, distilled: str) -> D
     runtime = init_distributed(tp=config.parallel.layout.tp, seed=config.seed)
     reports = []
     for path, when in ((settings.teacher, "before"), (distilled, "after")):
-        model = load_eval_model(path, runtime, torch_dtype(config.model.dtype))
+        model = load_eval_model(path, runtime, torch_dtype(config.model.dtype), tokenizer_vocab=config.shape.vocab)
         report = evaluate_checkpoint(model, text.tokenizer, text, [], [], run_settings)
         reports.append(replace(report, method=f"{report.method}, {when} distill"))
         del model

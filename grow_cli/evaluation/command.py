@@ -32,6 +32,16 @@ class EvalRequest:
     dtype: str = "auto"
     settings: RunSettings = field(default_factory=RunSettings)
     cache: bool = True  # reuse the results of an unchanged checkpoint (grow_cli.evaluation.cache)
+    vocab: int | None = None  # --vocab: the tokenizer size of Megatron-LM checkpoints whose args do not tell it
+
+    def tokenizer_vocab(self) -> int | None:
+        """The vocabulary of Megatron-LM checkpoints whose args do not tell it: --vocab, else the
+        size of --data's tokenizer (what the checkpoints are evaluated with)."""
+        if self.vocab is not None or not self.data:
+            return self.vocab
+        from grow_cli.data.info import read_data_info
+
+        return read_data_info(self.data).vocab_size
 
 
 def check_request(request: EvalRequest) -> None:
@@ -44,6 +54,8 @@ def check_request(request: EvalRequest) -> None:
         raise GrowError("nothing to evaluate: pass --data PREFIX or --text FILES (perplexity, layer diagnostics) and/or --tasks")
     if request.max_tokens is not None and request.max_tokens < 1:
         raise GrowError(f"--max-tokens must be at least 1, got {request.max_tokens}")
+    if request.vocab is not None and request.vocab < 1:
+        raise GrowError(f"--vocab must be at least 1, got {request.vocab}")
     if request.settings.batch_size < 1:
         raise GrowError(f"--batch-size must be at least 1, got {request.settings.batch_size}")
     if request.dtype not in ("auto", "fp32", "bf16"):
@@ -98,7 +110,8 @@ def run_eval(request: EvalRequest, progress: Progress | None = None) -> list[Mod
 
     request = replace(request, checkpoints=tuple(validate_checkpoint(path) for path in request.checkpoints))
     check_request(request)
-    infos = [read_info(path) for path in request.checkpoints]
+    vocab = request.tokenizer_vocab()
+    infos = [read_info(path, tokenizer_vocab=vocab) for path in request.checkpoints]
     text, tokenizer = _load_text(request, infos)
     for path, info in zip(request.checkpoints, infos):
         if text is not None:
@@ -113,7 +126,7 @@ def run_eval(request: EvalRequest, progress: Progress | None = None) -> list[Mod
     with tempfile.TemporaryDirectory(prefix="grow-eval-tasks-") as scratch:
         configs = prepare_task_configs(specs, request.task_data, Path(scratch)) if specs else []
         cache = _cache(request, text, tokenizer, specs)
-        return _evaluate_all(request, infos, text, tokenizer, specs, configs, cache, progress)
+        return _evaluate_all(request, infos, vocab, text, tokenizer, specs, configs, cache, progress)
 
 
 def _cache(request: EvalRequest, text, tokenizer, specs):
@@ -127,7 +140,7 @@ def _cache(request: EvalRequest, text, tokenizer, specs):
     return EvalCache(cache_directory(), inputs_identity(text, tokenizer, task_files, request.settings, request.tp, dtype))
 
 
-def _evaluate_all(request, infos, text, tokenizer, specs, configs, cache, progress) -> list[ModelReport] | None:
+def _evaluate_all(request, infos, vocab, text, tokenizer, specs, configs, cache, progress) -> list[ModelReport] | None:
     import torch
 
     from grow_cli.console import stderr_console
@@ -156,7 +169,7 @@ def _evaluate_all(request, infos, text, tokenizer, specs, configs, cache, progre
                     notes.print(f"{path}: unchanged since it was evaluated like this, results from {file} (--no-cache recomputes)", highlight=False, soft_wrap=True)
                 reports.append(measurements.report(path, info))
                 continue
-            model = load_eval_model(path, runtime, dtype)
+            model = load_eval_model(path, runtime, dtype, tokenizer_vocab=vocab)
             report = evaluate_checkpoint(
                 model, tokenizer, text, specs, configs, request.settings,
                 progress if runtime.is_main else None,

@@ -103,11 +103,12 @@ class EvalModel:
         return weight[: self.shape.vocab]
 
 
-def load_eval_model(path: str | Path, runtime: Runtime, dtype: torch.dtype) -> EvalModel:
-    """Build this rank's GPTModel for the checkpoint's shape at `runtime`'s layout and load it."""
+def load_eval_model(path: str | Path, runtime: Runtime, dtype: torch.dtype, *, tokenizer_vocab: int | None = None) -> EvalModel:
+    """Build this rank's GPTModel for the checkpoint's shape at `runtime`'s layout and load it
+    (`tokenizer_vocab`: the vocabulary of a Megatron-LM checkpoint whose args do not tell it)."""
     from grow_cli.checkpoint.model_io import model_from_checkpoint
 
     if runtime.layout.pp != 1:
         raise GrowError("grow eval runs at pipeline-parallel size 1; use --tp to split a large model")
-    model, info = model_from_checkpoint(path, runtime.layout, dtype=dtype)
+    model, info = model_from_checkpoint(path, runtime.layout, dtype=dtype, tokenizer_vocab=tokenizer_vocab)
     return EvalModel(model, info, runtime, Path(path))

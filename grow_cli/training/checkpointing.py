@@ -71,7 +71,7 @@ def pretrain_step(config: TrainConfig, parent: CheckpointInfo | None) -> Lineage
 def initial_info(config: TrainConfig, step: LineageStep | None = None) -> CheckpointInfo:
     """The grow record of this run's checkpoints: its lineage ends with this run's step
     (`step`, e.g. `grow distill`'s; by default the pretrain step)."""
-    parent = read_info(config.init) if config.init else None
+    parent = read_info(config.init, tokenizer_vocab=config.shape.vocab) if config.init else None
     step = step or pretrain_step(config, parent)
     lineage = (*(parent.lineage if parent else ()), step)
     tokenizer = read_data_info(config.data).tokenizer  # the model's tokenizer is its data's

@@ -29,7 +29,7 @@ from grow_cli.training.data_window import DataWindow, resolve_window
 from grow_cli.training.speed import RunFacts, SpeedSettings, resolve_speed
 
 if TYPE_CHECKING:
-    from grow_cli.checkpoint.metadata import DataConsumed
+    from grow_cli.checkpoint.metadata import CheckpointInfo
     from grow_cli.data.info import DataInfo
     from grow_cli.planning.planfile import StagePlan
 
@@ -163,18 +163,19 @@ class RunInputs:
     data: DataInfo
     stage: StagePlan | None = None  # the --plan stage
     extensions: Extensions | None = None  # this machine's TE/Apex; None: the run executes elsewhere
-    parent_data: DataConsumed | None = None  # what --init's lineage trained on
+    parent: CheckpointInfo | None = None  # --init's record (its RoPE, norm epsilon, what its lineage read)
     corpus_tokens: float | None = None  # the plan's fixed corpus (`grow plan --fixed-data`)
 
 
-def _parent_data(init: str | None) -> DataConsumed | None:
-    """What the --init checkpoint's lineage read; None without --init or when it does not exist
-    yet (a SLURM chain writes the job before its input: the job resolves again when it runs)."""
+def _parent(init: str | None, tokenizer_vocab: int) -> CheckpointInfo | None:
+    """The --init checkpoint's record; None without --init or when it does not exist yet (a
+    SLURM chain writes the job before its input: the job resolves again when it runs).
+    `tokenizer_vocab`: the vocabulary of a Megatron-LM --init whose args do not tell it."""
     if init is None or not Path(init).expanduser().exists():
         return None
     from grow_cli.checkpoint.metadata import read_info
 
-    return read_info(Path(init).expanduser()).data_consumed()
+    return read_info(Path(init).expanduser(), tokenizer_vocab=tokenizer_vocab)
 
 
 def load_inputs(options: PretrainOptions, here: bool = True) -> RunInputs:
@@ -184,11 +185,11 @@ def load_inputs(options: PretrainOptions, here: bool = True) -> RunInputs:
 
     data = read_data_info(options.data)
     extensions = Extensions.detect() if here else None
-    parent = _parent_data(options.init)
+    parent = _parent(options.init, options.vocab or data.vocab_size)
     if options.plan is None:
         if options.stage is not None:
             raise GrowError("--stage needs --plan PLAN")
-        return RunInputs(data, extensions=extensions, parent_data=parent)
+        return RunInputs(data, extensions=extensions, parent=parent)
     from grow_cli.planning.planfile import load_plan
 
     if options.stage is None:
@@ -214,19 +215,21 @@ def resolve_config(
     inputs = load_inputs(options, here)
     config = resolve(options, inputs, world_size=world_size, device=device)
     if config.init is not None:
-        check_init_checkpoint(config.init, config.shape, inputs.data)
+        check_init_checkpoint(config.init, config.shape, inputs.data, vocab=options.vocab)
     return config
 
 
-def check_init_checkpoint(path: str, shape: ModelShape, data=None) -> None:
+def check_init_checkpoint(path: str, shape: ModelShape, data=None, *, vocab: int | None = None) -> None:
     """--init must be a complete grow checkpoint of exactly this architecture (and trained with the
-    tokenizer of `data`, a DataInfo, when given)."""
+    tokenizer of `data`, a DataInfo, when given). A Megatron-LM checkpoint whose args do not tell
+    its vocabulary has `vocab` (--vocab), else the model's (--data's tokenizer): the one the
+    training processes read it with (`initial_info`, `load_model_weights`)."""
     from grow_cli.checkpoint.checks import check_architecture
     from grow_cli.checkpoint.metadata import read_info
     from grow_cli.checkpoint.tensors import validate_checkpoint
     from grow_cli.data.tokenizer_record import check_same_tokenizer
 
-    info = read_info(validate_checkpoint(path))
+    info = read_info(validate_checkpoint(path), tokenizer_vocab=vocab if vocab is not None else shape.vocab)
     if data is not None:
         check_same_tokenizer(data.tokenizer, info.tokenizer, f"data {data.prefix}", f"--init {path}")
     check_architecture(f"--init {path}", info.shape, shape)
@@ -294,6 +297,14 @@ def _shape_from_flags(options: PretrainOptions, vocab: int, tp: int, pp: int) ->
     return format_count(nominal), nominal, shape
 
 
+def _computed_like(shape: ModelShape, init: ModelShape) -> ModelShape:
+    """`shape` computing what the --init weights compute: their RoPE base and scaling and norm
+    epsilon, which no flag sets and the architecture check does not compare (an imported Llama or
+    Megatron-LM checkpoint has RoPE base 500000; trained at grow's default 10000 it would be
+    another function)."""
+    return shape.with_(rope_theta=init.rope_theta, rope_scaling=init.rope_scaling, norm_eps=init.norm_eps)
+
+
 def _check_stage_start(options: PretrainOptions, stage: StagePlan) -> None:
     """A stage the plan grows from an earlier one starts from that one's expanded weights."""
     if stage.init_from is not None and options.init is None and not options.from_scratch:
@@ -352,6 +363,8 @@ def resolve(options: PretrainOptions, inputs: RunInputs, *, world_size: int, dev
             shape = shape.with_(seq_len=options.seq_len)
     else:
         name, nominal, shape = _shape_from_flags(options, data.vocab_size, tp, pp)
+    if options.init is not None and inputs.parent is not None:
+        shape = _computed_like(shape, inputs.parent.shape)
     data.check_vocab(shape.vocab)
     shape.check_layout(tp, pp, name=f"model {name}")
     if world_size % (tp * pp):
@@ -380,7 +393,8 @@ def resolve(options: PretrainOptions, inputs: RunInputs, *, world_size: int, dev
     window = resolve_window(
         data_start=options.data_start, seed=options.seed, prefix=data.prefix, fingerprint=data.fingerprint,
         train_tokens=data.train.tokens, seq_len=shape.seq_len, samples=train_iters * global_batch,
-        parent=inputs.parent_data if options.init is not None else None, corpus_tokens=inputs.corpus_tokens,
+        parent=inputs.parent.data_consumed() if options.init is not None and inputs.parent else None,
+        corpus_tokens=inputs.corpus_tokens,
     )
 
     # megatron's local layer spec (sdpa/local attention) uses torch norms, which cannot run

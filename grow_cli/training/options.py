@@ -47,6 +47,10 @@ class PretrainOptions:
         Optional[str],
         option("--init", "Start from this checkpoint's weights (e.g. `grow expand` output); fresh optimizer and schedule.", MODEL),
     ] = None
+    vocab: Annotated[
+        Optional[int],
+        option("--vocab", "Tokenizer size (before padding) of a Megatron-LM --init whose args do not tell it (e.g. HuggingFaceTokenizer); default: --data's tokenizer, so rarely needed.", MODEL),
+    ] = None
     from_scratch: Annotated[
         bool, option("--from-scratch", "Train a plan stage that grows from an earlier one from random weights instead of --init.", MODEL)
     ] = False
