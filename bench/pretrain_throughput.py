@@ -244,8 +244,6 @@ def main() -> None:
     add_speed_arguments(parser)
     args = parser.parse_args()
 
-    import torch
-
     from grow_cli.runtime.device import device_policy
     from grow_cli.runtime.distributed import init_distributed, shutdown
     from grow_cli.runtime.model import have_transformer_engine

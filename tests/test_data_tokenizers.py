@@ -21,7 +21,6 @@ from grow_cli.data.assets import find_asset
 from grow_cli.data.info import read_data_info
 from grow_cli.data.prepare import PrepareConfig, prepare, prepare_job, token_dtype
 from grow_cli.data.tokenizer import load_tokenizer
-from grow_cli.errors import GrowError
 
 # Meta's llama/tokenizer.py, copied by hand (not imported from grow).
 META_LLAMA3_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"

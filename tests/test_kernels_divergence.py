@@ -5,7 +5,6 @@ parallelism at 2 gloo ranks against one, and the memory bound (no [N, V] allocat
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import pytest
 import torch

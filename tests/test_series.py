@@ -57,8 +57,6 @@ def finished(work) -> Path:
 
 @pytest.mark.slow
 def test_quick_series_checkpoints_lineage_data_and_report(work, finished):
-    import torch
-
     from grow_cli.checkpoint.metadata import read_info
     from grow_cli.data.datasets import build_datasets
     from grow_cli.planning.planfile import load_plan
