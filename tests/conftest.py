@@ -47,6 +47,15 @@ def run_grow(args: list[str], timeout: int = 600, cwd: Path | None = None, nproc
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
 
 
+def prepare_three_plays(prefix: Path, *extra: str) -> str:
+    """`grow data prepare` on three Shakespeare plays, split two train documents to one valid: the
+    tests' small corpus (GPT-2 BPE unless `extra` names a tokenizer). Returns the prefix."""
+    proc = run_grow(["data", "prepare", "--input", "shakespeare", "--out", str(prefix), "--max-documents", "3",
+                     "--valid-fraction", "0.34", "--workers", "1", *extra])
+    assert proc.returncode == 0, proc.stderr
+    return str(prefix)
+
+
 @pytest.fixture
 def tiny_shape():
     from grow_cli.shape import ModelShape

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import run_grow
+from conftest import prepare_three_plays, run_grow
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
@@ -170,9 +170,7 @@ def miniature(tmp_path_factory) -> dict:
     layer moves the stream 4x as far (C_model < 1, the profile spec §2 repairs)."""
     work = tmp_path_factory.mktemp("distill")
     _ok(run_grow(["data", "tokenizer", "-i", "shakespeare", "--vocab-size", "512", "--out", str(work / "bpe")]))
-    data = str(work / "shk")
-    _ok(run_grow(["data", "prepare", "--input", "shakespeare", "--tokenizer", str(work / "bpe"), "--out", data,
-                  "--max-documents", "3", "--valid-fraction", "0.34", "--workers", "1"]))
+    data = prepare_three_plays(work / "shk", "--tokenizer", str(work / "bpe"))
     _ok(run_grow(["pretrain", *TINY, "--iters", "60", "--global-batch", "8", "--micro-batch", "8", "--lr", "3e-3",
                   "--warmup-iters", "2", "--eval-iters", "1", "--quiet", "--data", data, "--out", str(work / "pre")]))
     import subprocess

@@ -23,7 +23,7 @@ from grow_cli.checkpoint.integrity import CHECKSUMS_FILE, VERIFY_ENV, verify_che
 from grow_cli.checkpoint.lock import output_lock
 from grow_cli.errors import GrowError
 
-from conftest import run_grow
+from conftest import prepare_three_plays, run_grow
 
 TINY = ["--hidden", "64", "--ffn", "176", "--layers", "2", "--heads", "4", "--kv-groups", "2", "--seq-len", "64"]
 SCHEDULE = ["--iters", "8", "--global-batch", "4", "--micro-batch", "2", "--lr", "3e-3", "--warmup-iters", "2",
@@ -46,11 +46,7 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> str:
-    prefix = tmp_path_factory.mktemp("data") / "shk"
-    proc = run_grow(["data", "prepare", "--input", "shakespeare", "--out", str(prefix), "--max-documents", "3",
-                     "--valid-fraction", "0.34", "--workers", "1"])
-    assert proc.returncode == 0, proc.stderr
-    return str(prefix)
+    return prepare_three_plays(tmp_path_factory.mktemp("data") / "shk")
 
 
 @pytest.fixture(scope="module")

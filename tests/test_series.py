@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_grow
+from conftest import prepare_three_plays, run_grow
 
 SERIES_FLAGS = ["--eval-interval", "10", "--eval-iters", "2", "--save-interval", "10", "--log-interval", "5"]
 
@@ -36,8 +36,7 @@ def work(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("series")
     _ok(run_grow(["data", "tokenizer", "--input", "shakespeare", "--vocab-size", "512", "--max-documents", "3",
                   "--out", str(root / "tok")]))
-    _ok(run_grow(["data", "prepare", "--input", "shakespeare", "--tokenizer", str(root / "tok" / "tokenizer.json"),
-                  "--max-documents", "3", "--valid-fraction", "0.34", "--workers", "1", "--out", str(root / "shk")]))
+    prepare_three_plays(root / "shk", "--tokenizer", str(root / "tok" / "tokenizer.json"))
     _ok(run_grow(["plan", "--sizes", "100K,300K", "--seq-len", "32", "--tokens", "16K", "--global-batch", "8",
                   "--micro-batch", "4", "--warmup-min", "2", "--data", str(root / "shk"), "--out", str(root / "plan.yaml")]))
     return {"root": root, "data": root / "shk", "plan": root / "plan.yaml"}

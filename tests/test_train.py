@@ -27,7 +27,7 @@ from grow_cli.runtime.device import CUDA
 from grow_cli.training.config import resolve_config
 from grow_cli.training.options import PretrainOptions
 
-from conftest import run_grow, run_ranks
+from conftest import prepare_three_plays, run_grow, run_ranks
 
 SCRIPTS = Path(__file__).parent / "scripts"
 TINY = ["--hidden", "64", "--ffn", "176", "--layers", "2", "--heads", "4", "--kv-groups", "2", "--seq-len", "64"]
@@ -61,11 +61,7 @@ def losses(out: Path, kind: str = "train") -> dict[int, float]:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> str:
     """Three Shakespeare plays, GPT-2 BPE: two train documents, one valid."""
-    prefix = tmp_path_factory.mktemp("data") / "shk"
-    proc = run_grow(["data", "prepare", "--input", "shakespeare", "--out", str(prefix), "--max-documents", "3",
-                     "--valid-fraction", "0.34", "--workers", "1"])
-    assert proc.returncode == 0, proc.stderr
-    return str(prefix)
+    return prepare_three_plays(tmp_path_factory.mktemp("data") / "shk")
 
 
 @pytest.fixture(scope="module")

@@ -123,13 +123,19 @@ def plot_loss_vs_flops(curves: list[LossCurve], path: Path) -> Path:
         style = "-" if curve.method == "growth" else "--"
         # markers: a run validated once is a point, which a bare line would not draw
         ax.plot(curve.flops, curve.loss, linestyle=style, marker="o", markersize=3, color=color, label=f"{curve.name} {curve.method}")
+    style_loss_vs_flops(ax, "cumulative training FLOPs, earlier stages included (metrics.jsonl: Megatron-LM convention)",
+                        "Validation loss vs compute (solid: growth, dashed: scratch)")
+    return _save(fig, path)
+
+
+def style_loss_vs_flops(ax, xlabel: str, title: str) -> None:
+    """The axes every validation-loss-vs-compute figure shares: log FLOPs, grid, legend."""
     ax.set_xscale("log")
-    ax.set_xlabel("cumulative training FLOPs, earlier stages included (metrics.jsonl: Megatron-LM convention)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("validation loss")
-    ax.set_title("Validation loss vs compute (solid: growth, dashed: scratch)")
+    ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    return _save(fig, path)
 
 
 def write_plots(reports: list[ModelReport], curves: list[LossCurve], directory: Path) -> list[Path]:

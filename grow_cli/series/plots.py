@@ -30,7 +30,7 @@ def _curve(run: Path) -> tuple[list[float], list[float]]:
 
 
 def write_series_plots(steps: list[Step], rows, directory: Path) -> list[Path]:
-    from grow_cli.evaluation.plots import _pyplot, _save
+    from grow_cli.evaluation.plots import _pyplot, _save, style_loss_vs_flops
 
     plt = _pyplot()
     written = []
@@ -49,12 +49,7 @@ def write_series_plots(steps: list[Step], rows, directory: Path) -> list[Path]:
     for index, step in enumerate(s for s in steps if s.kind == SCRATCH):
         flops, loss = _curve(step.output)
         ax.plot(flops, loss, "--s", markersize=3, color=f"C{index + 1}", label=f"{step.stage} scratch")
-    ax.set_xscale("log")
-    ax.set_xlabel("cumulative training FLOPs, ancestors included (Megatron-LM convention)")
-    ax.set_ylabel("validation loss")
-    ax.set_title("Validation loss vs compute")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    style_loss_vs_flops(ax, "cumulative training FLOPs, ancestors included (Megatron-LM convention)", "Validation loss vs compute")
     written.append(_save(fig, directory / LOSS_VS_FLOPS))
 
     fig, ax = plt.subplots(figsize=(7, 4))
